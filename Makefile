@@ -1,0 +1,49 @@
+# Makefile for pg_cqrs
+#
+# The build itself is plain PGXS.  The front-door targets (check, demo,
+# bench, deps) are scripts: they install what they need when run as root,
+# start their own throwaway cluster as an unprivileged user and never touch
+# a server somebody started by hand.  PGXS defines a "check" of its own, so
+# it is only included when one of those targets is not asked for.
+
+EXTENSION    = pg_cqrs
+MODULE_big   = pg_cqrs
+DATA         = sql/pg_cqrs--0.1.0.sql
+PGFILEDESC   = "pg_cqrs - CQRS and event sourcing inside PostgreSQL"
+
+OBJS = \
+	src/pg_cqrs.o \
+	src/horizon.o \
+	src/eventlog.o \
+	src/append.o \
+	src/read.o \
+	src/guard.o
+
+CQRS_HEADERS = src/pg_cqrs.h src/compat.h
+PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+
+PG_CONFIG ?= pg_config
+
+FRONT_DOOR = check demo bench deps
+.PHONY: $(FRONT_DOOR)
+
+ifeq ($(filter $(FRONT_DOOR),$(MAKECMDGOALS)),)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifeq ($(wildcard $(PGXS)),)
+$(error PostgreSQL server development files not found (pg_config --pgxs). \
+Run "make deps" as root, or install postgresql-server-dev-15)
+endif
+include $(PGXS)
+$(OBJS): $(CQRS_HEADERS)
+else
+# Each script installs what it is missing (when root) and explains what is
+# missing otherwise, builds and installs the extension, then does its job.
+deps:
+	@bash test/lib/deps.sh
+check:
+	@bash test/run.sh
+demo:
+	@bash examples/demo.sh
+bench:
+	@bash bench/run.sh
+endif

@@ -1,0 +1,678 @@
+/*-------------------------------------------------------------------------
+ *
+ * append.c
+ *		cqrs.append and cqrs.append_events: versioned, idempotent appends.
+ *
+ * An append, in order:
+ *	 1. validates every argument; bad input is an error before anything is
+ *		locked or written;
+ *	 2. locks the stream (eventlog.c), so that appends to one stream run one
+ *		at a time and appends to other streams are not held up;
+ *	 3. takes a fresh snapshot: holding the stream lock, it shows the
+ *		stream's true head (a transaction snapshot may predate the commit we
+ *		just waited for);
+ *	 4. looks up the ids the caller gave: an event already recorded in this
+ *		stream makes the call an idempotent no-op returning the original
+ *		(version, position); one recorded elsewhere is an error;
+ *	 5. checks expected_version against the head (40001 on a mismatch);
+ *	 6. publishes the transaction's floor (horizon.c), takes positions from
+ *		the sequence and inserts the rows with a prepared plan.
+ *
+ * Inserting goes through the executor (SPI) rather than heap_insert so that
+ * triggers on the log, such as those of sync projections, fire as for any
+ * INSERT.  The plans are prepared once per backend and kept.
+ *
+ * Under REPEATABLE READ or SERIALIZABLE, a head newer than the transaction
+ * snapshot means another transaction appended to the stream since ours
+ * began: we raise a serialization failure, as UPDATE would, rather than
+ * append on top of state the caller could not have seen.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/append.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/detoast.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/snapmgr.h"
+
+#include "pg_cqrs.h"
+
+PG_FUNCTION_INFO_V1(cqrs_append);
+PG_FUNCTION_INFO_V1(cqrs_append_events);
+
+/* One event to append, validated. */
+typedef struct NewEvent
+{
+	text	   *type;
+	Jsonb	   *data;
+	Jsonb	   *metadata;
+	bool		has_id;
+	pg_uuid_t	id;
+} NewEvent;
+
+/* Result of an append: the last event's version and position. */
+typedef struct AppendResult
+{
+	int64		version;
+	int64		position;
+} AppendResult;
+
+static SPIPlanPtr insert_one_plan = NULL;
+static SPIPlanPtr insert_many_plan = NULL;
+
+/* ----------------------------------------------------------------
+ * Validation
+ * ----------------------------------------------------------------
+ */
+
+static text *
+check_name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	t = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(t) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	return t;
+}
+
+static bool
+check_expected_version(FunctionCallInfo fcinfo, int argno, int64 *expected)
+{
+	if (PG_ARGISNULL(argno))
+		return false;
+	*expected = PG_GETARG_INT64(argno);
+	if (*expected < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expected_version must not be negative"),
+				 errdetail("Use NULL for any version, 0 for a new stream, or the stream's current version.")));
+	return true;
+}
+
+static Jsonb *
+empty_object(void)
+{
+	JsonbValue	v;
+
+	v.type = jbvObject;
+	v.val.object.nPairs = 0;
+	v.val.object.pairs = NULL;
+	return JsonbValueToJsonb(&v);
+}
+
+/*
+ * An event's metadata must be a JSON object; NULL (SQL or JSON) means {}.
+ */
+static Jsonb *
+check_metadata(Jsonb *metadata, const char *where)
+{
+	if (metadata == NULL)
+		return empty_object();
+	if (!JB_ROOT_IS_OBJECT(metadata))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("metadata of %s must be a JSON object", where)));
+	return metadata;
+}
+
+/* A JSON null at the root: the jsonb 'null'. */
+static bool
+jsonb_is_null(Jsonb *jb)
+{
+	JsonbValue	v;
+
+	if (!JB_ROOT_IS_SCALAR(jb))
+		return false;
+	return JsonbExtractScalar(&jb->root, &v) && v.type == jbvNull;
+}
+
+static void
+check_event_size(NewEvent *ev, const char *where)
+{
+	Size		size = toast_raw_datum_size(PointerGetDatum(ev->data)) +
+		toast_raw_datum_size(PointerGetDatum(ev->metadata));
+
+	if (size > (Size) cqrs_max_event_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too large", where),
+				 errdetail("Its data and metadata take %zu bytes, more than cqrs.max_event_size (%d bytes).",
+						   size, cqrs_max_event_size)));
+}
+
+/* ----------------------------------------------------------------
+ * Parsing the events array of append_events
+ * ----------------------------------------------------------------
+ */
+
+static void
+batch_error(int n, const char *fmt, const char *arg)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid event %d in events", n),
+			 errdetail(fmt, arg),
+			 errhint("events must be a non-empty JSON array of objects {\"type\": ..., \"data\": ..., \"metadata\": ..., \"id\": ...}; metadata and id are optional.")));
+}
+
+/*
+ * Parse element n (1-based, for messages) of the events array into ev.
+ */
+static void
+parse_event(JsonbValue *elem, int n, NewEvent *ev)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		has_type = false,
+				has_data = false;
+	char		where[64];
+
+	if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
+		batch_error(n, "%s", "It is not a JSON object.");
+
+	memset(ev, 0, sizeof(*ev));
+	it = JsonbIteratorInit(elem->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+		JsonbValue	val;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		tok = JsonbIteratorNext(&it, &val, true);
+		Assert(tok == WJB_VALUE);
+
+		if (strcmp(key, "type") == 0)
+		{
+			if (val.type != jbvString)
+				batch_error(n, "%s", "Its \"type\" is not a JSON string.");
+			if (val.val.string.len == 0)
+				batch_error(n, "%s", "Its \"type\" is empty.");
+			ev->type = cstring_to_text_with_len(val.val.string.val, val.val.string.len);
+			has_type = true;
+		}
+		else if (strcmp(key, "data") == 0)
+		{
+			if (val.type == jbvNull)
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("data of event %d in events must not be null", n)));
+			ev->data = JsonbValueToJsonb(&val);
+			has_data = true;
+		}
+		else if (strcmp(key, "metadata") == 0)
+		{
+			if (val.type == jbvNull)
+				continue;
+			if (val.type != jbvBinary || !JsonContainerIsObject(val.val.binary.data))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("metadata of event %d in events must be a JSON object", n)));
+			ev->metadata = JsonbValueToJsonb(&val);
+		}
+		else if (strcmp(key, "id") == 0)
+		{
+			Datum		d;
+
+			if (val.type == jbvNull)
+				continue;
+			if (val.type != jbvString)
+				batch_error(n, "%s", "Its \"id\" is not a JSON string holding a UUID.");
+			d = DirectFunctionCall1(uuid_in,
+									CStringGetDatum(pnstrdup(val.val.string.val,
+															 val.val.string.len)));
+			memcpy(&ev->id, DatumGetUUIDP(d), sizeof(pg_uuid_t));
+			ev->has_id = true;
+		}
+		else
+			batch_error(n, "It has an unknown key \"%s\".", key);
+	}
+
+	if (!has_type)
+		batch_error(n, "%s", "It has no \"type\".");
+	if (!has_data)
+		batch_error(n, "%s", "It has no \"data\".");
+
+	snprintf(where, sizeof(where), "event %d in events", n);
+	ev->metadata = check_metadata(ev->metadata, where);
+	check_event_size(ev, where);
+}
+
+/* ----------------------------------------------------------------
+ * Writing
+ * ----------------------------------------------------------------
+ */
+
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "pg_cqrs: SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "pg_cqrs: SPI_keepplan failed");
+	return plan;
+}
+
+static Datum
+int8_array(int64 *values, int n)
+{
+	Datum	   *d = palloc(n * sizeof(Datum));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(values[i]);
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * Insert n events of one stream at the given positions and versions.  One
+ * row goes through a VALUES plan; more go through one INSERT ... SELECT
+ * over unnest(), so a batch costs one executor run, not n.
+ */
+static void
+insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versions)
+{
+	int			rc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "pg_cqrs: SPI_connect failed");
+
+	if (n == 1)
+	{
+		Datum		values[7];
+		char		nulls[7] = "       ";
+
+		if (insert_one_plan == NULL)
+		{
+			Oid			types[7] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID};
+
+			insert_one_plan = prepare_kept(
+				"INSERT INTO cqrs.events"
+				" (\"position\", stream, version, id, type, data, metadata)"
+				" VALUES ($1, $2, $3, $4, $5, $6, $7)", 7, types);
+		}
+		values[0] = Int64GetDatum(positions[0]);
+		values[1] = PointerGetDatum(stream);
+		values[2] = Int64GetDatum(versions[0]);
+		values[3] = UUIDPGetDatum(&evs[0].id);
+		values[4] = PointerGetDatum(evs[0].type);
+		values[5] = JsonbPGetDatum(evs[0].data);
+		values[6] = JsonbPGetDatum(evs[0].metadata);
+		rc = SPI_execute_plan(insert_one_plan, values, nulls, false, 0);
+	}
+	else
+	{
+		Datum		values[7];
+		char		nulls[7] = "       ";
+		Datum	   *ids = palloc(n * sizeof(Datum));
+		Datum	   *types = palloc(n * sizeof(Datum));
+		Datum	   *datas = palloc(n * sizeof(Datum));
+		Datum	   *metas = palloc(n * sizeof(Datum));
+
+		if (insert_many_plan == NULL)
+		{
+			Oid			argtypes[7] = {TEXTOID, INT8ARRAYOID, INT8ARRAYOID, UUIDARRAYOID,
+			TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID};
+
+			insert_many_plan = prepare_kept(
+				"INSERT INTO cqrs.events"
+				" (\"position\", stream, version, id, type, data, metadata)"
+				" SELECT u.p, $1, u.v, u.i, u.t, u.d, u.m"
+				" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
+				"  pg_catalog.unnest($4), pg_catalog.unnest($5),"
+				"  pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(p, v, i, t, d, m)",
+				7, argtypes);
+		}
+		for (int i = 0; i < n; i++)
+		{
+			ids[i] = UUIDPGetDatum(&evs[i].id);
+			types[i] = PointerGetDatum(evs[i].type);
+			datas[i] = JsonbPGetDatum(evs[i].data);
+			metas[i] = JsonbPGetDatum(evs[i].metadata);
+		}
+		values[0] = PointerGetDatum(stream);
+		values[1] = int8_array(positions, n);
+		values[2] = int8_array(versions, n);
+		values[3] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+		values[4] = PointerGetDatum(construct_array(types, n, TEXTOID, -1, false, TYPALIGN_INT));
+		values[5] = PointerGetDatum(construct_array(datas, n, JSONBOID, -1, false, TYPALIGN_INT));
+		values[6] = PointerGetDatum(construct_array(metas, n, JSONBOID, -1, false, TYPALIGN_INT));
+		rc = SPI_execute_plan(insert_many_plan, values, nulls, false, 0);
+	}
+
+	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
+		elog(ERROR, "pg_cqrs: inserting %d events failed: %s",
+			 n, SPI_result_code_string(rc));
+	SPI_finish();
+}
+
+/* ----------------------------------------------------------------
+ * The append itself
+ * ----------------------------------------------------------------
+ */
+
+static int
+uuid_cmp_qsort(const void *a, const void *b)
+{
+	return memcmp(((const NewEvent *) a)->id.data, ((const NewEvent *) b)->id.data, UUID_LEN);
+}
+
+/*
+ * Decide whether the batch was already appended.  Returns true (and the
+ * original result) when every event has an id recorded in this stream, in
+ * order and with consecutive versions; false when none of the given ids is
+ * recorded.  Anything in between is an error, as is an id recorded in
+ * another stream or given twice in the batch.
+ */
+static bool
+find_recorded(Relation events, text *stream, NewEvent *evs, int n,
+			  Snapshot snapshot, AppendResult *result)
+{
+	int			given = 0,
+				recorded = 0;
+	bool		in_order = true;
+	int64		prev_version = 0;
+	char	   *streamstr = text_to_cstring(stream);
+
+	for (int i = 0; i < n; i++)
+	{
+		text	   *other;
+		int64		version,
+					position;
+
+		if (!evs[i].has_id)
+			continue;
+		given++;
+		if (!CqrsFindEvent(events, &evs[i].id, snapshot, &other, &version, &position))
+			continue;
+
+		if (VARSIZE_ANY_EXHDR(other) != VARSIZE_ANY_EXHDR(stream) ||
+			memcmp(VARDATA_ANY(other), VARDATA_ANY(stream), VARSIZE_ANY_EXHDR(stream)) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("event %s is already recorded in stream \"%s\"",
+							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&evs[i].id))),
+							text_to_cstring(other)),
+					 errdetail("It cannot also be appended to stream \"%s\".", streamstr)));
+
+		if (recorded > 0 && version != prev_version + 1)
+			in_order = false;
+		prev_version = version;
+		recorded++;
+		result->version = version;
+		result->position = position;
+	}
+
+	if (recorded == 0)
+	{
+		/* Ids repeated within the batch would only fail in the unique index. */
+		if (given > 1)
+		{
+			NewEvent   *sorted = palloc(n * sizeof(NewEvent));
+			int			m = 0;
+
+			for (int i = 0; i < n; i++)
+				if (evs[i].has_id)
+					sorted[m++] = evs[i];
+			qsort(sorted, m, sizeof(NewEvent), uuid_cmp_qsort);
+			for (int i = 1; i < m; i++)
+				if (memcmp(sorted[i - 1].id.data, sorted[i].id.data, UUID_LEN) == 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_UNIQUE_VIOLATION),
+							 errmsg("event %s appears twice in the batch for stream \"%s\"",
+									DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&sorted[i].id))),
+									streamstr)));
+		}
+		return false;
+	}
+	if (recorded == n && in_order)
+		return true;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_UNIQUE_VIOLATION),
+			 errmsg("batch repeats only some of the events already recorded in stream \"%s\"",
+					streamstr),
+			 errdetail("%d of its %d events are already recorded%s.", recorded, n,
+					   recorded == n ? ", but not in this order" : ""),
+			 errhint("Retry the whole original batch, or append only new events with new ids.")));
+	return false;				/* keep compiler quiet */
+}
+
+/*
+ * Append n validated events to stream.  See the file header for the steps.
+ */
+static AppendResult
+append_to_stream(text *stream, NewEvent *evs, int n,
+				 bool has_expected, int64 expected)
+{
+	Relation	events;
+	Snapshot	snapshot;
+	AppendResult result;
+	int64		head_version,
+				head_position;
+	int64	   *positions;
+	int64	   *versions;
+	bool		any_id = false;
+	Oid			seq;
+
+	events = CqrsOpenEventLog(RowExclusiveLock);
+	CqrsLockStream(VARDATA_ANY(stream), VARSIZE_ANY_EXHDR(stream));
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+
+	for (int i = 0; i < n; i++)
+		any_id |= evs[i].has_id;
+	if (any_id && find_recorded(events, stream, evs, n, snapshot, &result))
+	{
+		UnregisterSnapshot(snapshot);
+		table_close(events, NoLock);
+		return result;
+	}
+
+	CqrsStreamHead(events, stream, snapshot, &head_version, &head_position);
+	UnregisterSnapshot(snapshot);
+
+	if (IsolationUsesXactSnapshot())
+	{
+		int64		seen_version,
+					seen_position;
+
+		CqrsStreamHead(events, stream, GetTransactionSnapshot(),
+					   &seen_version, &seen_position);
+		if (seen_version != head_version)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent append to stream \"%s\"",
+							text_to_cstring(stream)),
+					 errdetail("The transaction's snapshot shows version %lld, but the stream is at version %lld.",
+							   (long long) seen_version, (long long) head_version)));
+	}
+
+	if (has_expected && expected != head_version)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("wrong expected version for stream \"%s\"",
+						text_to_cstring(stream)),
+				 errdetail("Expected version %lld, but the stream is at version %lld.",
+						   (long long) expected, (long long) head_version),
+				 errhint("Reload the stream and retry the command.")));
+
+	CqrsHorizonBeginAppend(events);
+
+	seq = CqrsEventLog()->position_seq;
+	positions = palloc(n * sizeof(int64));
+	versions = palloc(n * sizeof(int64));
+	for (int i = 0; i < n; i++)
+	{
+		positions[i] = nextval_internal(seq, false);
+		versions[i] = head_version + i + 1;
+		if (!evs[i].has_id)
+		{
+			Datum		u = DirectFunctionCall1(gen_random_uuid, (Datum) 0);
+
+			memcpy(&evs[i].id, DatumGetUUIDP(u), sizeof(pg_uuid_t));
+		}
+	}
+
+	insert_events(stream, evs, n, positions, versions);
+	table_close(events, NoLock);
+
+	result.version = versions[n - 1];
+	result.position = positions[n - 1];
+	return result;
+}
+
+/*
+ * Return the one (version, position) row of an append, value-per-call so
+ * that nothing outlives the call: appends are often made in a loop within
+ * one long query or transaction.
+ */
+static Datum
+append_srf(FunctionCallInfo fcinfo, AppendResult (*work) (FunctionCallInfo))
+{
+	FuncCallContext *funcctx;
+
+	if (SRF_IS_FIRSTCALL())
+	{
+		MemoryContext oldcontext;
+		TupleDesc	tupdesc;
+		AppendResult r;
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		funcctx = SRF_FIRSTCALL_INIT();
+		r = work(fcinfo);
+
+		oldcontext = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		tupdesc = BlessTupleDesc(tupdesc);
+		values[0] = Int64GetDatum(r.version);
+		values[1] = Int64GetDatum(r.position);
+		funcctx->user_fctx = heap_form_tuple(tupdesc, values, nulls);
+		MemoryContextSwitchTo(oldcontext);
+	}
+
+	funcctx = SRF_PERCALL_SETUP();
+	if (funcctx->user_fctx != NULL)
+	{
+		HeapTuple	tuple = (HeapTuple) funcctx->user_fctx;
+
+		funcctx->user_fctx = NULL;
+		SRF_RETURN_NEXT(funcctx, HeapTupleGetDatum(tuple));
+	}
+	SRF_RETURN_DONE(funcctx);
+}
+
+static AppendResult
+append_one(FunctionCallInfo fcinfo)
+{
+	text	   *stream = check_name_arg(fcinfo, 0, "stream");
+	NewEvent	ev;
+	bool		has_expected;
+	int64		expected = 0;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.type = check_name_arg(fcinfo, 1, "type");
+	if (PG_ARGISNULL(2) || jsonb_is_null(PG_GETARG_JSONB_P(2)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("data must not be null"),
+				 errhint("Use an empty object {} for an event without payload.")));
+	ev.data = PG_GETARG_JSONB_P(2);
+	ev.metadata = check_metadata(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), "the event");
+	has_expected = check_expected_version(fcinfo, 4, &expected);
+	if (!PG_ARGISNULL(5))
+	{
+		memcpy(&ev.id, PG_GETARG_UUID_P(5), sizeof(pg_uuid_t));
+		ev.has_id = true;
+	}
+	check_event_size(&ev, "the event");
+
+	return append_to_stream(stream, &ev, 1, has_expected, expected);
+}
+
+static AppendResult
+append_many(FunctionCallInfo fcinfo)
+{
+	text	   *stream = check_name_arg(fcinfo, 0, "stream");
+	Jsonb	   *batch;
+	NewEvent   *evs;
+	int			n;
+	bool		has_expected;
+	int64		expected = 0;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("events must not be null")));
+	batch = PG_GETARG_JSONB_P(1);
+	if (!JB_ROOT_IS_ARRAY(batch) || JB_ROOT_IS_SCALAR(batch))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events must be a JSON array"),
+				 errhint("Pass a non-empty array of objects {\"type\": ..., \"data\": ...}.")));
+	n = JB_ROOT_COUNT(batch);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events must not be an empty array")));
+	has_expected = check_expected_version(fcinfo, 2, &expected);
+
+	evs = palloc(n * sizeof(NewEvent));
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *elem = getIthJsonbValueFromContainer(&batch->root, i);
+
+		parse_event(elem, i + 1, &evs[i]);
+	}
+
+	return append_to_stream(stream, evs, n, has_expected, expected);
+}
+
+/*
+ * cqrs.append(stream text, type text, data jsonb, metadata jsonb,
+ *			   expected_version bigint, id uuid)
+ *	  RETURNS TABLE (version bigint, "position" bigint)
+ */
+Datum
+cqrs_append(PG_FUNCTION_ARGS)
+{
+	return append_srf(fcinfo, append_one);
+}
+
+/*
+ * cqrs.append_events(stream text, events jsonb, expected_version bigint)
+ *	  RETURNS TABLE (version bigint, "position" bigint)
+ */
+Datum
+cqrs_append_events(PG_FUNCTION_ARGS)
+{
+	return append_srf(fcinfo, append_many);
+}

@@ -1,0 +1,43 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *		Every PostgreSQL-version difference pg_cqrs depends on, in one place.
+ *
+ * pg_cqrs is developed against PostgreSQL 15 and must also build against
+ * 16 and 17.  Code elsewhere uses only the names defined here, never
+ * PG_VERSION_NUM directly.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/compat.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_CQRS_COMPAT_H
+#define PG_CQRS_COMPAT_H
+
+#include "access/genam.h"
+#include "storage/proc.h"
+
+#if PG_VERSION_NUM < 150000
+#error "pg_cqrs requires PostgreSQL 15 or later"
+#endif
+
+/* Index of this backend's PGPROC: 0-based, below MaxBackends for backends. */
+#if PG_VERSION_NUM >= 170000
+#define CqrsMyProcIndex()	((int) MyProcNumber)
+#else
+#define CqrsMyProcIndex()	(MyProc->pgprocno)
+#endif
+
+/* index_beginscan() grew an instrumentation argument in 18. */
+#if PG_VERSION_NUM >= 180000
+#define cqrs_index_beginscan(heap, index, snapshot, nkeys) \
+	index_beginscan((heap), (index), (snapshot), NULL, (nkeys), 0)
+#else
+#define cqrs_index_beginscan(heap, index, snapshot, nkeys) \
+	index_beginscan((heap), (index), (snapshot), (nkeys), 0)
+#endif
+
+#endif							/* PG_CQRS_COMPAT_H */

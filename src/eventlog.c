@@ -1,0 +1,264 @@
+/*-------------------------------------------------------------------------
+ *
+ * eventlog.c
+ *		Access to the cqrs.events relation: its OIDs, stream locks and probes.
+ *
+ * The hot paths (append, read) reach the log through direct index scans
+ * rather than SQL: finding a stream's head, an event by id, or the highest
+ * position is one B-tree descent each.
+ *
+ * The OIDs of the log, its indexes and its sequence are cached per backend
+ * and forgotten on any relcache invalidation of the log, so DROP EXTENSION
+ * followed by CREATE EXTENSION in another session is noticed.
+ *
+ * Stream locks.  Appends to one stream serialise on a transaction-level lock
+ * on a 64-bit hash of the stream name, taken in the advisory lock space with
+ * a lock class of our own (so that it never collides with applications'
+ * pg_advisory_lock keys).  Appends to different streams take different
+ * locks and never wait on each other, except in the 2^-64 case of a hash
+ * collision, which would only serialise two streams, never break them.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/eventlog.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "common/hashfn.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "compat.h"
+#include "pg_cqrs.h"
+
+/* field4 of our advisory lock tags; pg_advisory_lock uses 1 and 2 */
+#define CQRS_LOCKTAG_STREAM		0x4351
+#define CQRS_STREAM_HASH_SEED	UINT64CONST(0x70675f63717273)	/* "pg_cqrs" */
+
+static CqrsEventLogOids eventlog_oids;
+static bool eventlog_oids_valid = false;
+static bool eventlog_callback_registered = false;
+
+static void
+eventlog_relcache_callback(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) ||
+		relid == eventlog_oids.events ||
+		relid == eventlog_oids.position_idx ||
+		relid == eventlog_oids.stream_version_idx ||
+		relid == eventlog_oids.id_idx ||
+		relid == eventlog_oids.position_seq)
+		eventlog_oids_valid = false;
+}
+
+static Oid
+eventlog_relid(const char *relname, Oid nspid)
+{
+	Oid			relid = get_relname_relid(relname, nspid);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"cqrs.%s\" does not exist", relname),
+				 errhint("The pg_cqrs extension may be damaged: reinstall it.")));
+	return relid;
+}
+
+/*
+ * CqrsEventLog
+ *		The OIDs of the log's relations, looked up by name when not cached.
+ */
+const CqrsEventLogOids *
+CqrsEventLog(void)
+{
+	if (!eventlog_oids_valid)
+	{
+		Oid			nspid;
+
+		if (!eventlog_callback_registered)
+		{
+			CacheRegisterRelcacheCallback(eventlog_relcache_callback, (Datum) 0);
+			eventlog_callback_registered = true;
+		}
+
+		nspid = get_namespace_oid("cqrs", true);
+		if (!OidIsValid(nspid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_SCHEMA),
+					 errmsg("schema \"cqrs\" does not exist"),
+					 errhint("Run CREATE EXTENSION pg_cqrs in this database.")));
+
+		eventlog_oids.events = eventlog_relid("events", nspid);
+		eventlog_oids.position_idx = eventlog_relid("events_pkey", nspid);
+		eventlog_oids.stream_version_idx = eventlog_relid("events_stream_version_key", nspid);
+		eventlog_oids.id_idx = eventlog_relid("events_id_key", nspid);
+		eventlog_oids.position_seq = eventlog_relid("events_position_seq", nspid);
+		eventlog_oids_valid = true;
+	}
+	return &eventlog_oids;
+}
+
+/*
+ * CqrsOpenEventLog
+ *		Open and lock cqrs.events; the cached OIDs are valid while it is held.
+ *
+ * Locking the relation processes pending invalidations, which may tell us
+ * that the OIDs we just used are stale (the extension was re-created by
+ * another session); then we look them up again and retry.
+ */
+Relation
+CqrsOpenEventLog(LOCKMODE lockmode)
+{
+	for (;;)
+	{
+		Oid			relid = CqrsEventLog()->events;
+		Relation	rel = try_table_open(relid, lockmode);
+
+		if (rel != NULL && eventlog_oids_valid && relid == eventlog_oids.events)
+		{
+			if (RelationGetDescr(rel)->natts < Natts_events)
+				elog(ERROR, "cqrs.events has %d columns, expected at least %d",
+					 RelationGetDescr(rel)->natts, Natts_events);
+			return rel;
+		}
+		if (rel != NULL)
+			table_close(rel, lockmode);
+		eventlog_oids_valid = false;
+	}
+}
+
+/*
+ * CqrsLockStream
+ *		Take the stream's append lock until the end of the transaction.
+ */
+void
+CqrsLockStream(const char *stream, int len)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended((const unsigned char *) stream, len,
+										CQRS_STREAM_HASH_SEED);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 CQRS_LOCKTAG_STREAM);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * One-row probe of an index of cqrs.events.  Returns whether a tuple was
+ * found, leaving it in slot.  The index lock is kept until end of
+ * transaction, as usual.
+ */
+static bool
+eventlog_probe(Relation events, Oid indexoid, Snapshot snapshot,
+			   ScanKey key, int nkeys, ScanDirection dir,
+			   TupleTableSlot *slot)
+{
+	Relation	index = index_open(indexoid, AccessShareLock);
+	IndexScanDesc scan;
+	bool		found;
+
+	if (nkeys > 0)
+		key->sk_collation = index->rd_indcollation[key->sk_attno - 1];
+
+	scan = cqrs_index_beginscan(events, index, snapshot, nkeys);
+	index_rescan(scan, key, nkeys, NULL, 0);
+	found = index_getnext_slot(scan, dir, slot);
+	index_endscan(scan);
+	index_close(index, NoLock);
+
+	return found;
+}
+
+static int64
+slot_int64(TupleTableSlot *slot, AttrNumber attnum)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, attnum, &isnull);
+
+	Assert(!isnull);
+	return DatumGetInt64(d);
+}
+
+/*
+ * CqrsStreamHead
+ *		The last event of a stream as seen by snapshot: its version and
+ *		position.  Returns false (version 0) for a stream with no events.
+ */
+bool
+CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
+			   int64 *version, int64 *position)
+{
+	ScanKeyData key;
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	bool		found;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream));
+	found = eventlog_probe(events, CqrsEventLog()->stream_version_idx, snapshot,
+						   &key, 1, BackwardScanDirection, slot);
+	*version = found ? slot_int64(slot, Anum_events_version) : 0;
+	*position = found ? slot_int64(slot, Anum_events_position) : 0;
+	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
+/*
+ * CqrsFindEvent
+ *		Look an event up by id; on success return its stream (palloc'd),
+ *		version and position.
+ */
+bool
+CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
+			  text **stream, int64 *version, int64 *position)
+{
+	ScanKeyData key;
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	bool		found;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(id));
+	found = eventlog_probe(events, CqrsEventLog()->id_idx, snapshot,
+						   &key, 1, ForwardScanDirection, slot);
+	if (found)
+	{
+		bool		isnull;
+
+		*stream = DatumGetTextPCopy(slot_getattr(slot, Anum_events_stream, &isnull));
+		*version = slot_int64(slot, Anum_events_version);
+		*position = slot_int64(slot, Anum_events_position);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
+/*
+ * CqrsMaxPosition
+ *		The highest position visible to snapshot, 0 for an empty log.
+ */
+int64
+CqrsMaxPosition(Relation events, Snapshot snapshot)
+{
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	int64		result = 0;
+
+	if (eventlog_probe(events, CqrsEventLog()->position_idx, snapshot,
+					   NULL, 0, BackwardScanDirection, slot))
+		result = slot_int64(slot, Anum_events_position);
+	ExecDropSingleTupleTableSlot(slot);
+	return result;
+}

@@ -1,0 +1,261 @@
+/*-------------------------------------------------------------------------
+ *
+ * horizon.c
+ *		The safe read position: how far a position-checkpointing reader may go.
+ *
+ * Positions come from a sequence, so they are handed out in real-time order
+ * but committed in any order: transaction A takes position 5, B takes 6,
+ * B commits first.  A reader that returned 6 and remembered "6" would never
+ * see 5.  So readers (read_all, and later the projection worker) must stop
+ * below every position an in-flight transaction may still commit.
+ *
+ * The usual trick, keeping xid8 per event and stopping at the snapshot's
+ * xmin, is not enough: a transaction that got its xid early (say by an
+ * earlier append to another stream) may take a position after a younger
+ * transaction did, and then commit before it.  Instead each appending
+ * backend publishes, in shared memory, a *floor*: a position strictly below
+ * every position it holds or will take, valid until its transaction ends.
+ *
+ * Protocol.  The appender, at its transaction's first append:
+ *	 1. reads F = the highest position visible to a fresh snapshot; every
+ *		visible position was handed out before now, so F < any position the
+ *		sequence gives us from here on;
+ *	 2. publishes F in its slot, then a full memory barrier;
+ *	 3. only then calls nextval.
+ * and clears the slot from an xact callback, which runs after
+ * ProcArrayEndTransaction: its events are visible before the floor goes.
+ *
+ * The reader:
+ *	 1. takes a fresh snapshot and reads L = the highest position in it;
+ *	 2. reads every slot of its database: H = min(L, floors);
+ *	 3. takes another fresh snapshot and returns what it shows up to H.
+ * Every position p <= L was handed out before step 1 (its holder, or a later
+ * position's holder, committed before the snapshot), hence published before
+ * step 2 saw the slots.  If p's transaction was still running at step 2, H
+ * is at most its floor < p; if it had ended, step 3's snapshot shows it or
+ * it aborted.  Either way nothing at or below H can still appear.
+ *
+ * The sequence must not cache values per backend (CACHE 1), or "handed out
+ * before" would not follow real time.  Floors of rolled-back subtransactions
+ * stay until the top-level transaction ends, which is merely conservative.
+ * A transaction that appended cannot be prepared for two-phase commit: its
+ * floor would vanish with the backend's transaction while it stays in doubt.
+ *
+ * Locking: slots are single-writer (the owning backend) and read without
+ * locks through atomics.  Shared memory exists only when the library is in
+ * shared_preload_libraries; without it appends publish nothing and the
+ * readers that need a safe position refuse to run.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/horizon.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/snapmgr.h"
+
+#include "compat.h"
+#include "pg_cqrs.h"
+
+/*
+ * One slot per PGPROC.  floor holds the published floor plus one, so that
+ * zero means "not appending".
+ */
+typedef struct CqrsAppendSlot
+{
+	pg_atomic_uint64 floor;
+	pg_atomic_uint32 dboid;
+} CqrsAppendSlot;
+
+typedef struct CqrsHorizonShared
+{
+	int			nslots;
+	CqrsAppendSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} CqrsHorizonShared;
+
+static CqrsHorizonShared *horizon = NULL;
+
+/* Whether this backend's slot holds a floor for the current transaction. */
+static bool floor_published = false;
+
+static void horizon_xact_callback(XactEvent event, void *arg);
+
+static int
+horizon_nslots(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS;
+}
+
+static Size
+horizon_shmem_size(void)
+{
+	return add_size(offsetof(CqrsHorizonShared, slots),
+					mul_size(horizon_nslots(), sizeof(CqrsAppendSlot)));
+}
+
+void
+CqrsHorizonShmemRequest(void)
+{
+	RequestAddinShmemSpace(horizon_shmem_size());
+}
+
+void
+CqrsHorizonShmemStartup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	horizon = ShmemInitStruct("pg_cqrs horizon", horizon_shmem_size(), &found);
+	if (!found)
+	{
+		horizon->nslots = horizon_nslots();
+		for (int i = 0; i < horizon->nslots; i++)
+		{
+			pg_atomic_init_u64(&horizon->slots[i].floor, 0);
+			pg_atomic_init_u32(&horizon->slots[i].dboid, InvalidOid);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Called from _PG_init in every process that loads the library. */
+void
+CqrsHorizonInit(void)
+{
+	RegisterXactCallback(horizon_xact_callback, NULL);
+}
+
+bool
+CqrsHorizonAvailable(void)
+{
+	return horizon != NULL;
+}
+
+static CqrsAppendSlot *
+my_slot(void)
+{
+	int			i = CqrsMyProcIndex();
+
+	if (i < 0 || i >= horizon->nslots)
+		elog(ERROR, "pg_cqrs: process index %d outside the horizon array", i);
+	return &horizon->slots[i];
+}
+
+/*
+ * CqrsHorizonBeginAppend
+ *		Publish this transaction's floor, once, before it takes a position.
+ *
+ * Must be called before every nextval on the position sequence; cheap after
+ * the first call of a transaction.  Does nothing without shared memory.
+ */
+void
+CqrsHorizonBeginAppend(Relation events)
+{
+	CqrsAppendSlot *slot;
+	int64		floor;
+
+	if (horizon == NULL || floor_published)
+		return;
+
+	floor = CqrsMaxPosition(events, GetLatestSnapshot());
+
+	slot = my_slot();
+	pg_atomic_write_u32(&slot->dboid, MyDatabaseId);
+	pg_write_barrier();
+	pg_atomic_write_u64(&slot->floor, (uint64) floor + 1);
+	floor_published = true;
+	/* The floor must be visible to readers before our nextval is. */
+	pg_memory_barrier();
+}
+
+/*
+ * CqrsSafePosition
+ *		The highest position at or below which every event is final.
+ *
+ * "Final" means committed (and visible to any snapshot taken after this
+ * returns) or never to be committed.  Callers then read with a snapshot
+ * taken after this call.  Errors out without shared memory, and during
+ * recovery, where the primary's in-flight appends cannot be seen.
+ */
+int64
+CqrsSafePosition(Relation events)
+{
+	int64		safe;
+
+	if (horizon == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_cqrs must be loaded via shared_preload_libraries to read the log by position"),
+				 errhint("Add pg_cqrs to shared_preload_libraries and restart the server.")));
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot compute a safe read position during recovery"),
+				 errdetail("Appends in flight on the primary are not visible on a standby."),
+				 errhint("Read the log by position on the primary, or stream it with the pg_cqrs output plugin.")));
+
+	safe = CqrsMaxPosition(events, GetLatestSnapshot());
+	pg_memory_barrier();
+
+	for (int i = 0; i < horizon->nslots; i++)
+	{
+		CqrsAppendSlot *slot = &horizon->slots[i];
+		uint64		f = pg_atomic_read_u64(&slot->floor);
+
+		/*
+		 * A slot may change hands between the two reads; then we either skip
+		 * a floor whose transaction has ended or count one of another
+		 * database.  Both are safe.
+		 */
+		if (f == 0)
+			continue;
+		pg_read_barrier();
+		if (pg_atomic_read_u32(&slot->dboid) != MyDatabaseId)
+			continue;
+		if ((int64) (f - 1) < safe)
+			safe = (int64) (f - 1);
+	}
+
+	return safe;
+}
+
+/*
+ * Withdraw the floor when the transaction ends.  XACT_EVENT_COMMIT and
+ * _ABORT are delivered after ProcArrayEndTransaction, so our events are
+ * already visible (or gone) when the floor disappears.
+ */
+static void
+horizon_xact_callback(XactEvent event, void *arg)
+{
+	if (!floor_published)
+		return;
+
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			pg_atomic_write_u64(&my_slot()->floor, 0);
+			floor_published = false;
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that has appended events"),
+					 errdetail("Readers of the log must know when such a transaction ends.")));
+			break;
+		default:
+			break;
+	}
+}

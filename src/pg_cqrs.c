@@ -1,0 +1,86 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_cqrs.c
+ *		Module entry point: _PG_init, settings and shared-memory hooks.
+ *
+ * pg_cqrs puts an event log, projections and an outbox inside PostgreSQL.
+ * This file only wires the library into the server; each capability lives
+ * in its own file (see pg_cqrs.h for the glossary and the file map).
+ *
+ * The library is loaded in three ways, and _PG_init must cope with each:
+ * from shared_preload_libraries (shared memory available), on first use of
+ * one of its SQL functions in a backend (no shared memory of ours), and by
+ * a walsender as a logical decoding output plugin.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/pg_cqrs.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "pg_cqrs.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/* cqrs.max_event_size: limit on the raw size of data plus metadata */
+int			cqrs_max_event_size = 16 * 1024 * 1024;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void cqrs_shmem_request(void);
+static void cqrs_shmem_startup(void);
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("cqrs.max_event_size",
+							"Largest event accepted by cqrs.append, counting data and metadata.",
+							"Measured on the uncompressed size of the event's data plus its metadata.",
+							&cqrs_max_event_size,
+							16 * 1024 * 1024,
+							1,
+							MaxAllocSize / 2,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("cqrs");
+
+	CqrsHorizonInit();
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = cqrs_shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = cqrs_shmem_startup;
+	}
+}
+
+static void
+cqrs_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	CqrsHorizonShmemRequest();
+}
+
+static void
+cqrs_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	CqrsHorizonShmemStartup();
+}

@@ -1,0 +1,80 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_cqrs.h
+ *		Shared declarations of pg_cqrs, grouped by the file defining them.
+ *
+ * Glossary, used throughout the sources:
+ *
+ *	event		one row of cqrs.events: something that happened, immutable.
+ *	stream		the events of one aggregate ("order-42"), ordered by version.
+ *	category	a stream's name up to its first '-' ("order").
+ *	version		a stream's event count after an event: 1, 2, 3 ... no gaps.
+ *	position	an event's place in the whole log: unique and increasing in
+ *				the order positions were handed out, not in commit order;
+ *				gaps appear where appends rolled back.
+ *	floor		a position below every position an in-flight appending
+ *				transaction holds or may still take (see horizon.c).
+ *	safe position
+ *				the highest position at or below which every event is either
+ *				committed and visible, or gone for good; readers that
+ *				checkpoint by position never read past it (see horizon.c).
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/pg_cqrs.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_CQRS_H
+#define PG_CQRS_H
+
+#include "postgres.h"
+
+#include "storage/lockdefs.h"
+#include "utils/relcache.h"
+#include "utils/snapshot.h"
+#include "utils/uuid.h"
+
+/* Attribute numbers of cqrs.events; the install script fixes the order. */
+#define Anum_events_position	1
+#define Anum_events_stream		2
+#define Anum_events_version		3
+#define Anum_events_id			4
+#define Anum_events_type		5
+#define Anum_events_data		6
+#define Anum_events_metadata	7
+#define Anum_events_recorded_at 8
+#define Natts_events			8
+
+/* pg_cqrs.c */
+extern int	cqrs_max_event_size;
+
+/* horizon.c */
+extern void CqrsHorizonShmemRequest(void);
+extern void CqrsHorizonShmemStartup(void);
+extern void CqrsHorizonInit(void);
+extern bool CqrsHorizonAvailable(void);
+extern void CqrsHorizonBeginAppend(Relation events);
+extern int64 CqrsSafePosition(Relation events);
+
+/* eventlog.c */
+typedef struct CqrsEventLogOids
+{
+	Oid			events;			/* cqrs.events */
+	Oid			position_idx;	/* its primary key, on position */
+	Oid			stream_version_idx; /* unique (stream, version) */
+	Oid			id_idx;			/* unique (id) */
+	Oid			position_seq;	/* cqrs.events_position_seq */
+} CqrsEventLogOids;
+
+extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
+extern const CqrsEventLogOids *CqrsEventLog(void);
+extern void CqrsLockStream(const char *stream, int len);
+extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
+						   int64 *version, int64 *position);
+extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
+						  text **stream, int64 *version, int64 *position);
+extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
+
+#endif							/* PG_CQRS_H */

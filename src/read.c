@@ -1,0 +1,309 @@
+/*-------------------------------------------------------------------------
+ *
+ * read.c
+ *		Reading the log: stream_version, read_stream, read_all, safe_position,
+ *		category.
+ *
+ * read_stream and stream_version read with the statement's snapshot, like
+ * any query.  read_all is different: it serves consumers that remember the
+ * last position they saw, so it stops at the safe position (horizon.c) and
+ * reads with a snapshot taken after computing it, even inside a REPEATABLE
+ * READ transaction, whose older snapshot could miss an event below the safe
+ * position.  That is why read_all is VOLATILE.
+ *
+ * Results are built in a tuplestore straight from index scans, so a long
+ * stream is not held in memory twice (tuplestores spill to disk past
+ * work_mem).
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/read.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_type.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "compat.h"
+#include "pg_cqrs.h"
+
+PG_FUNCTION_INFO_V1(cqrs_category);
+PG_FUNCTION_INFO_V1(cqrs_stream_version);
+PG_FUNCTION_INFO_V1(cqrs_read_stream);
+PG_FUNCTION_INFO_V1(cqrs_read_all);
+PG_FUNCTION_INFO_V1(cqrs_safe_position);
+
+/* Length of the category prefix of a stream name: up to the first '-'. */
+static int
+category_len(const char *stream, int len)
+{
+	const char *dash = memchr(stream, '-', len);
+
+	return dash ? (int) (dash - stream) : len;
+}
+
+/*
+ * cqrs.category(stream text) RETURNS text
+ */
+Datum
+cqrs_category(PG_FUNCTION_ARGS)
+{
+	text	   *stream = PG_GETARG_TEXT_PP(0);
+	const char *s = VARDATA_ANY(stream);
+
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(s, category_len(s, VARSIZE_ANY_EXHDR(stream))));
+}
+
+static text *
+stream_arg(FunctionCallInfo fcinfo)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stream must not be null")));
+	return PG_GETARG_TEXT_PP(0);
+}
+
+/* max_count: NULL for no limit, else at least 1. */
+static int64
+max_count_arg(FunctionCallInfo fcinfo, int argno)
+{
+	int32		n;
+
+	if (PG_ARGISNULL(argno))
+		return PG_INT64_MAX;
+	n = PG_GETARG_INT32(argno);
+	if (n < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_count must be positive"),
+				 errdetail("max_count was %d; use NULL for no limit.", n)));
+	return n;
+}
+
+/*
+ * cqrs.stream_version(stream text) RETURNS bigint
+ *
+ * The stream's version in the statement's snapshot, 0 when it has no events.
+ */
+Datum
+cqrs_stream_version(PG_FUNCTION_ARGS)
+{
+	text	   *stream = stream_arg(fcinfo);
+	Relation	events = CqrsOpenEventLog(AccessShareLock);
+	int64		version,
+				position;
+
+	CqrsStreamHead(events, stream, GetActiveSnapshot(), &version, &position);
+	table_close(events, NoLock);
+	PG_RETURN_INT64(version);
+}
+
+/*
+ * cqrs.read_stream(stream text, from_version bigint, max_count integer)
+ *	  RETURNS SETOF cqrs.events
+ *
+ * The stream's events from from_version on, in version order.
+ */
+Datum
+cqrs_read_stream(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	text	   *stream = stream_arg(fcinfo);
+	int64		from = PG_ARGISNULL(1) ? 1 : PG_GETARG_INT64(1);
+	int64		limit = max_count_arg(fcinfo, 2);
+	Relation	events;
+	Relation	index;
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	TupleTableSlot *slot;
+	int64		count = 0;
+
+	if (from < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_version must not be negative")));
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	events = CqrsOpenEventLog(AccessShareLock);
+	index = index_open(CqrsEventLog()->stream_version_idx, AccessShareLock);
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream));
+	keys[0].sk_collation = index->rd_indcollation[0];
+	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(from));
+
+	slot = table_slot_create(events, NULL);
+	scan = cqrs_index_beginscan(events, index, GetActiveSnapshot(), 2);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (count < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		CHECK_FOR_INTERRUPTS();
+		tuplestore_puttupleslot(rsinfo->setResult, slot);
+		count++;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, NoLock);
+	table_close(events, NoLock);
+
+	return (Datum) 0;
+}
+
+/* A text[] filter argument as C strings; NULL means no filter. */
+typedef struct NameFilter
+{
+	int			n;
+	text	  **names;
+} NameFilter;
+
+static NameFilter *
+filter_arg(FunctionCallInfo fcinfo, int argno)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	NameFilter *f;
+
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	f = palloc(sizeof(NameFilter));
+	f->n = 0;
+	f->names = palloc((n + 1) * sizeof(text *));
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			f->names[f->n++] = DatumGetTextPP(elems[i]);
+	return f;
+}
+
+static bool
+filter_match(NameFilter *f, const char *s, int len)
+{
+	if (f == NULL)
+		return true;
+	for (int i = 0; i < f->n; i++)
+		if (VARSIZE_ANY_EXHDR(f->names[i]) == len &&
+			memcmp(VARDATA_ANY(f->names[i]), s, len) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * cqrs.read_all(after_position bigint, max_count integer,
+ *				 categories text[], types text[])
+ *	  RETURNS SETOF cqrs.events
+ *
+ * Events after after_position, in position order, never past the safe
+ * position; see the file header for the snapshot used.  Category and type
+ * filters are applied here, so skipped events are never formed into rows.
+ */
+Datum
+cqrs_read_all(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		after = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	int64		limit = max_count_arg(fcinfo, 1);
+	NameFilter *categories = filter_arg(fcinfo, 2);
+	NameFilter *types = filter_arg(fcinfo, 3);
+	Relation	events;
+	Relation	index;
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	int64		safe;
+	int64		count = 0;
+
+	if (after < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("after_position must not be negative")));
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	events = CqrsOpenEventLog(AccessShareLock);
+	safe = CqrsSafePosition(events);
+	if (safe <= after)
+	{
+		table_close(events, NoLock);
+		return (Datum) 0;
+	}
+
+	/* Only a snapshot taken after the safe position shows all below it. */
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	index = index_open(CqrsEventLog()->position_idx, AccessShareLock);
+	ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(safe));
+
+	slot = table_slot_create(events, NULL);
+	scan = cqrs_index_beginscan(events, index, snapshot, 2);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (count < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (categories != NULL || types != NULL)
+		{
+			bool		isnull;
+			text	   *t;
+
+			if (categories != NULL)
+			{
+				t = DatumGetTextPP(slot_getattr(slot, Anum_events_stream, &isnull));
+				if (!filter_match(categories, VARDATA_ANY(t),
+								  category_len(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))))
+					continue;
+			}
+			if (types != NULL)
+			{
+				t = DatumGetTextPP(slot_getattr(slot, Anum_events_type, &isnull));
+				if (!filter_match(types, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))
+					continue;
+			}
+		}
+		tuplestore_puttupleslot(rsinfo->setResult, slot);
+		count++;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, NoLock);
+	UnregisterSnapshot(snapshot);
+	table_close(events, NoLock);
+
+	return (Datum) 0;
+}
+
+/*
+ * cqrs.safe_position() RETURNS bigint
+ *
+ * The position a consumer may advance its checkpoint to when read_all with
+ * filters returned nothing: every event at or below it is final.
+ */
+Datum
+cqrs_safe_position(PG_FUNCTION_ARGS)
+{
+	Relation	events = CqrsOpenEventLog(AccessShareLock);
+	int64		safe = CqrsSafePosition(events);
+
+	table_close(events, NoLock);
+	PG_RETURN_INT64(safe);
+}
