@@ -3,6 +3,11 @@
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION pg_cqrs" to load this file. \quit
 
+-- The schema belongs to the extension (the control file names pg_catalog, as
+-- pg_cron does), so DROP EXTENSION removes it and nothing is left behind.
+CREATE SCHEMA cqrs;
+COMMENT ON SCHEMA cqrs IS 'pg_cqrs: event log, projections and outbox';
+
 --
 -- The event log.
 --

@@ -36,6 +36,8 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/detoast.h"
@@ -111,6 +113,17 @@ check_expected_version(FunctionCallInfo fcinfo, int argno, int64 *expected)
 	return true;
 }
 
+/* A JSON null at the root: the jsonb 'null'. */
+static bool
+jsonb_is_null(Jsonb *jb)
+{
+	JsonbValue	v;
+
+	if (!JB_ROOT_IS_SCALAR(jb))
+		return false;
+	return JsonbExtractScalar(&jb->root, &v) && v.type == jbvNull;
+}
+
 static Jsonb *
 empty_object(void)
 {
@@ -123,29 +136,19 @@ empty_object(void)
 }
 
 /*
- * An event's metadata must be a JSON object; NULL (SQL or JSON) means {}.
+ * An event's metadata must be a JSON object; NULL, in SQL or in JSON, means
+ * {}: serializers often write absent optional fields as null.
  */
 static Jsonb *
 check_metadata(Jsonb *metadata, const char *where)
 {
-	if (metadata == NULL)
+	if (metadata == NULL || jsonb_is_null(metadata))
 		return empty_object();
 	if (!JB_ROOT_IS_OBJECT(metadata))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("metadata of %s must be a JSON object", where)));
 	return metadata;
-}
-
-/* A JSON null at the root: the jsonb 'null'. */
-static bool
-jsonb_is_null(Jsonb *jb)
-{
-	JsonbValue	v;
-
-	if (!JB_ROOT_IS_SCALAR(jb))
-		return false;
-	return JsonbExtractScalar(&jb->root, &v) && v.type == jbvNull;
 }
 
 static void
@@ -175,6 +178,26 @@ batch_error(int n, const char *fmt, const char *arg)
 			 errmsg("invalid event %d in events", n),
 			 errdetail(fmt, arg),
 			 errhint("events must be a non-empty JSON array of objects {\"type\": ..., \"data\": ..., \"metadata\": ..., \"id\": ...}; metadata and id are optional.")));
+}
+
+/*
+ * Whether s can be given to uuid_in: 32 hex digits, hyphens and an optional
+ * pair of braces.  Checked first so that a bad id in a batch gets the same
+ * error as any other bad field; uuid_in remains the judge of hyphen placement.
+ */
+static bool
+looks_like_uuid(const char *s, int len)
+{
+	int			digits = 0;
+
+	for (int i = 0; i < len; i++)
+	{
+		if (isxdigit((unsigned char) s[i]))
+			digits++;
+		else if (s[i] != '-' && !(s[i] == '{' && i == 0) && !(s[i] == '}' && i == len - 1))
+			return false;
+	}
+	return digits == 32;
 }
 
 /*
@@ -240,7 +263,7 @@ parse_event(JsonbValue *elem, int n, NewEvent *ev)
 
 			if (val.type == jbvNull)
 				continue;
-			if (val.type != jbvString)
+			if (val.type != jbvString || !looks_like_uuid(val.val.string.val, val.val.string.len))
 				batch_error(n, "%s", "Its \"id\" is not a JSON string holding a UUID.");
 			d = DirectFunctionCall1(uuid_in,
 									CStringGetDatum(pnstrdup(val.val.string.val,

@@ -29,6 +29,8 @@
  *	 1. takes a fresh snapshot and reads L = the highest position in it;
  *	 2. reads every slot of its database: H = min(L, floors);
  *	 3. takes another fresh snapshot and returns what it shows up to H.
+ * (The reader skips its own slot: its own uncommitted events are visible to
+ * it, and any position it takes later is above everything it has seen.)
  * Every position p <= L was handed out before step 1 (its holder, or a later
  * position's holder, committed before the snapshot), hence published before
  * step 2 saw the slots.  If p's transaction was still running at step 2, H
@@ -210,7 +212,15 @@ CqrsSafePosition(Relation events)
 	for (int i = 0; i < horizon->nslots; i++)
 	{
 		CqrsAppendSlot *slot = &horizon->slots[i];
-		uint64		f = pg_atomic_read_u64(&slot->floor);
+		uint64		f;
+
+		/*
+		 * Our own floor does not hold us back: our uncommitted events are
+		 * visible to us, and positions we take later are above all we see.
+		 */
+		if (i == CqrsMyProcIndex())
+			continue;
+		f = pg_atomic_read_u64(&slot->floor);
 
 		/*
 		 * A slot may change hands between the two reads; then we either skip
