@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# examples/demo.sh - a guided tour of pg_cqrs on the orders example ("make demo")
+#
+# Builds and installs the extension, starts a throwaway cluster (removed on
+# exit), loads examples/orders/*.sql into a fresh database and walks through
+# the event log: commands, business rules, optimistic concurrency, idempotent
+# retries, reading the log as a consumer, and bad input.
+#
+# The SQL runs in psql sessions fed through FIFOs, so that two sessions can
+# be interleaved deterministically: the script waits on pg_stat_activity
+# (a session blocked on a lock) rather than on sleeps.  Every statement is
+# printed before its result; lines from the concurrent sessions are prefixed
+# with "A |" and "B |".  Each step checks that exactly the expected SQLSTATEs
+# were raised, so the demo stops at the first surprise.
+
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(cd "$here/.." && pwd)
+
+# shellcheck source=../test/lib/deps.sh
+source "$top/test/lib/deps.sh"
+cqrs_install_deps
+cqrs_build_install
+# shellcheck source=../test/lib/cluster.sh
+source "$top/test/lib/cluster.sh"
+# shellcheck disable=SC2119 # no extra postgresql.conf lines
+cqrs_cluster_start
+
+DB=orders_demo
+MARK='@@demo-sync@@'
+declare -A S_FD S_PID S_OUT S_SEEN S_SYNCS S_LABEL
+
+demo_cleanup() {
+	local name fd
+	for name in "${!S_FD[@]}"; do
+		fd=${S_FD[$name]}
+		exec {fd}>&-
+	done
+	cqrs_cluster_stop
+}
+trap demo_cleanup EXIT
+
+die() {
+	echo "demo: $*" >&2
+	exit 1
+}
+
+heading() {
+	printf '== %s ==\n\n' "$1"
+}
+
+# Explanations, from stdin.
+say() {
+	cat
+	echo
+}
+
+# session_open NAME LABEL: a psql session reading from a FIFO.  Statements
+# are echoed (-e); errors show their SQLSTATE (VERBOSITY verbose) without
+# the C source location (filtered out when shown) or PL/pgSQL context.
+session_open() {
+	local name=$1 fifo="$CQRS_WORK/$1.in" fd
+	S_OUT[$name]="$CQRS_WORK/$name.out"
+	S_SEEN[$name]=0
+	S_SYNCS[$name]=0
+	S_LABEL[$name]=$2
+	mkfifo "$fifo"
+	: >"${S_OUT[$name]}"
+	cqrs_psql -e -P footer=off -v ON_ERROR_STOP=0 -v VERBOSITY=verbose -v SHOW_CONTEXT=never \
+		-d "dbname=$DB application_name=$name" <"$fifo" >"${S_OUT[$name]}" 2>&1 &
+	S_PID[$name]=$!
+	exec {fd}>"$fifo"
+	S_FD[$name]=$fd
+}
+
+# session_send NAME: send the SQL on stdin to the session, do not wait.
+session_send() {
+	cat >&"${S_FD[$1]}"
+	echo >&"${S_FD[$1]}"
+}
+
+# session_show NAME [SQLSTATE...]: print what the session output since the
+# last call, and check that the errors in it are exactly the ones listed.
+session_show() {
+	local name=$1 size chunk got
+	shift
+	size=$(stat -c %s "${S_OUT[$name]}")
+	chunk=$(tail -c +"$((S_SEEN[$name] + 1))" "${S_OUT[$name]}" | head -c "$((size - S_SEEN[$name]))" |
+		sed -e "/^$MARK\$/d" -e '/^LOCATION:  /d')
+	S_SEEN[$name]=$size
+	if [ -n "${NOTE:-}" ]; then
+		chunk="$chunk"$'\n'"$NOTE"
+	fi
+	if [ -n "$chunk" ]; then
+		printf '%s\n\n' "$chunk" | sed "1,\$s/^/${S_LABEL[$name]}/;\$s/^.*\$//"
+	fi
+	got=$(printf '%s\n' "$chunk" | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p' | tr '\n' ' ')
+	if [ "${got% }" != "$*" ]; then
+		die "expected errors [$*], got [${got% }] in session $name"
+	fi
+}
+
+# session_sync NAME: wait until the session has run everything sent so far.
+session_sync() {
+	local name=$1
+	S_SYNCS[$name]=$((S_SYNCS[$name] + 1))
+	printf '\\echo %s\n' "$MARK" >&"${S_FD[$name]}"
+	for _ in $(seq 600); do
+		[ "$(grep -cx -- "$MARK" "${S_OUT[$name]}")" -ge "${S_SYNCS[$name]}" ] && return
+		kill -0 "${S_PID[$name]}" 2>/dev/null || break
+		sleep 0.05
+	done
+	cat "${S_OUT[$name]}" >&2
+	die "session $name did not finish its statements"
+}
+
+# session_run NAME [SQLSTATE...]: send stdin, wait for it, show the result.
+session_run() {
+	session_send "$1"
+	session_sync "$1"
+	session_show "$@"
+}
+
+# session_wait_lock NAME: wait until the session is blocked on a lock.
+session_wait_lock() {
+	local n
+	for _ in $(seq 600); do
+		n=$(cqrs_psql -d "$DB" -Atc "SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = '$1' AND wait_event_type = 'Lock'")
+		[ "$n" = 1 ] && return
+		sleep 0.05
+	done
+	die "session $1 never waited for a lock"
+}
+
+#
+# Setup
+#
+cqrs_psql -c "CREATE DATABASE $DB"
+export PGDATABASE=$DB
+session_open main ''
+session_open clerk_a 'A | '
+session_open clerk_b 'B | '
+
+cat <<EOF
+pg_cqrs demo: an orders domain written as SQL functions over the event log.
+A throwaway PostgreSQL $(cqrs_psql -Atc 'SHOW server_version' | cut -d' ' -f1) cluster is running; it is removed when the demo ends.
+
+EOF
+heading "0. Install the extension and the example domain"
+session_run main <<'SQL'
+CREATE EXTENSION pg_cqrs;
+SQL
+for f in "$here"/orders/*.sql; do
+	cqrs_psql -v ON_ERROR_STOP=1 <"$f" >/dev/null
+done
+say <<'EOF'
+Loaded examples/orders/01_state.sql: orders.order_state, an aggregate that
+folds an order's events into a jsonb state, and orders.load_order(id).
+Loaded examples/orders/02_commands.sql: the commands register_customer,
+place_order, pay_order, ship_order, cancel_order and add_note.  Each reads
+its stream's state, checks the business rules, and appends one event with
+expected_version = the version it read.
+EOF
+
+heading "1. Place, pay and ship an order"
+say <<'EOF'
+Each command returns the version of its stream and the global position of
+the event it appended.  Customers and orders are streams too:
+customer-alice, order-1001.
+EOF
+session_run main <<'SQL'
+SELECT * FROM orders.register_customer('alice', 'Alice Liddell');
+SELECT * FROM orders.place_order('1001', 'alice', '[{"sku": "BOOK-1", "qty": 2, "price": 12.50}]');
+SELECT * FROM orders.pay_order('1001', 25.00);
+SELECT * FROM orders.ship_order('1001', 'DHL');
+\echo 'The stream is the whole history of the order:'
+SELECT position, version, type, data FROM cqrs.read_stream('order-1001');
+\echo 'Its state is a fold of those events, an ordinary SQL aggregate:'
+SELECT orders.order_state(e ORDER BY e.version) AS state FROM cqrs.read_stream('order-1001') AS e;
+SQL
+
+heading "2. A business rule says no"
+say <<'EOF'
+An order that has shipped cannot be cancelled.  The rule lives in the command
+function, which raises an ordinary error; nothing is appended.
+EOF
+session_run main P0001 <<'SQL'
+SELECT * FROM orders.cancel_order('1001', 'changed my mind');
+SELECT cqrs.stream_version('order-1001');
+SQL
+
+heading "3. Two clerks, one order: optimistic concurrency"
+say <<'EOF'
+Order 1002 is placed (version 1).  Clerk B adds a note in a transaction that
+stays open; meanwhile clerk A pays the order.  Both commands read version 1
+and append with expected_version => 1.  Appends to one stream take turns, so
+A's append waits for B's transaction; when B commits, the stream is at
+version 2, not 1: A gets SQLSTATE 40001 and nothing is written for A.
+EOF
+session_run main <<'SQL'
+SELECT * FROM orders.place_order('1002', 'alice', '[{"sku": "BOOK-1", "qty": 2, "price": 12.50}]');
+SQL
+session_run clerk_b <<'SQL'
+BEGIN;
+SELECT * FROM orders.add_note('1002', 'gift wrap, please');
+SQL
+session_send clerk_a <<'SQL'
+SELECT * FROM orders.pay_order('1002', 25.00);
+SQL
+session_wait_lock clerk_a
+NOTE="(waiting: B's open transaction has appended to order-1002)" session_show clerk_a
+session_run clerk_b <<'SQL'
+COMMIT;
+SQL
+session_sync clerk_a
+session_show clerk_a 40001
+say <<'EOF'
+A decided on stale state.  The cure is to run the command again: it reads the
+stream afresh and decides again.  Clients do this in a retry loop on SQLSTATE
+40001 (serialization_failure).  Here is one in PL/pgSQL, racing clerk B again:
+EOF
+session_run clerk_b <<'SQL'
+BEGIN;
+SELECT * FROM orders.add_note('1002', 'ring twice');
+SQL
+session_send clerk_a <<'SQL'
+\set VERBOSITY default
+DO $$
+DECLARE
+    attempt integer := 1;
+BEGIN
+    LOOP
+        BEGIN
+            PERFORM orders.pay_order('1002', 25.00);
+            RAISE NOTICE 'attempt %: paid', attempt;
+            EXIT;
+        EXCEPTION WHEN serialization_failure THEN
+            IF attempt = 3 THEN RAISE; END IF;
+            RAISE NOTICE 'attempt %: %, retrying', attempt, SQLERRM;
+            attempt := attempt + 1;
+        END;
+    END LOOP;
+END
+$$;
+\set VERBOSITY verbose
+SQL
+session_wait_lock clerk_a
+NOTE="(waiting: B's open transaction has appended to order-1002)" session_show clerk_a
+session_run clerk_b <<'SQL'
+COMMIT;
+SQL
+session_sync clerk_a
+session_show clerk_a
+session_run main <<'SQL'
+SELECT position, version, type, data FROM cqrs.read_stream('order-1002');
+SQL
+
+heading "4. Sending the same command twice: idempotent appends"
+say <<'EOF'
+A client sends add_note, the connection drops before the answer arrives, and
+the client sends it again.  The client chose the event's id (note_id), so the
+second append finds that id already in the stream: it returns the same
+(version, position) and writes nothing, even though the command now appends
+with a newer expected_version.
+EOF
+session_run main <<'SQL'
+SELECT count(*) AS events FROM cqrs.events;
+SELECT * FROM orders.add_note('1002', 'leave at the door', note_id => 'a81bc81b-dead-4e5d-abff-90865d1e13b1');
+SELECT * FROM orders.add_note('1002', 'leave at the door', note_id => 'a81bc81b-dead-4e5d-abff-90865d1e13b1');
+SELECT count(*) AS events FROM cqrs.events;
+SQL
+
+heading "5. Reading the whole log, as a consumer does"
+say <<'EOF'
+cqrs.read_all(after_position, max_count, categories, types) returns events in
+position order.  A consumer (a projection, a message relay) remembers the last
+position it handled and asks for what comes after it, a page at a time.  A
+category is the part of a stream's name before the first '-'.
+EOF
+session_run main <<'SQL'
+SELECT position, stream, version, type FROM cqrs.read_all(0, 5);
+SELECT max(position) AS last_seen FROM cqrs.read_all(0, 5) \gset
+\echo '-- the consumer remembers last_seen =' :last_seen
+SELECT position, stream, version, type FROM cqrs.read_all(:last_seen, 5);
+SELECT position, stream, type FROM cqrs.read_all(0, categories => ARRAY['customer']);
+SELECT max(position) AS last_seen FROM cqrs.read_all(0) \gset
+\echo '-- the consumer remembers last_seen =' :last_seen
+SQL
+say <<'EOF'
+read_all never returns an event while a transaction still in flight could
+commit one at a lower position, so a consumer never skips an event.  Clerk B
+places order 1003 and keeps the transaction open; meanwhile bob registers
+and commits, at a higher position.  cqrs.safe_position() is the position up
+to which the log is final; read_all stops there until B is done.
+EOF
+session_run clerk_b <<'SQL'
+BEGIN;
+SELECT * FROM orders.place_order('1003', 'alice', '[{"sku": "MUG-7", "qty": 1, "price": 9.00}]');
+SQL
+session_run main <<'SQL'
+SELECT * FROM orders.register_customer('bob', 'Bob Dylan');
+SELECT cqrs.safe_position();
+\pset footer on
+SELECT position, stream, type FROM cqrs.read_all(:last_seen);
+\pset footer off
+SQL
+session_run clerk_b <<'SQL'
+COMMIT;
+SQL
+session_run main <<'SQL'
+SELECT cqrs.safe_position();
+SELECT position, stream, type FROM cqrs.read_all(:last_seen);
+SQL
+
+heading "6. Bad input is refused with a SQLSTATE"
+say <<'EOF'
+NULL data (22004), metadata that is not a JSON object (22023), a negative
+expected_version (22023), an event id already used in another stream (23505),
+and the log is append-only (0A000).  None of these writes anything.
+EOF
+session_run main 22004 22023 22023 23505 0A000 <<'SQL'
+SELECT * FROM cqrs.append('order-1004', 'OrderPlaced', NULL);
+SELECT * FROM cqrs.append('order-1004', 'OrderPlaced', '{}', metadata => '["not", "an", "object"]');
+SELECT * FROM cqrs.append('order-1004', 'OrderPlaced', '{}', expected_version => -1);
+SELECT * FROM cqrs.append('order-1004', 'OrderPlaced', '{}', id => 'a81bc81b-dead-4e5d-abff-90865d1e13b1');
+DELETE FROM cqrs.events WHERE stream = 'order-1001';
+SELECT count(*) AS events FROM cqrs.events;
+SQL
+
+echo "Done: the demo's cluster is stopped and removed.  The domain is in examples/orders/."
