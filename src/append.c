@@ -411,17 +411,42 @@ uuid_cmp_qsort(const void *a, const void *b)
  * original result) when every event has an id recorded in this stream, in
  * order and with consecutive versions; false when none of the given ids is
  * recorded.  Anything in between is an error, as is an id recorded in
- * another stream or given twice in the batch.
+ * another stream or given twice in the batch.  Called holding the stream
+ * lock.
  */
 static bool
 find_recorded(Relation events, text *stream, NewEvent *evs, int n,
-			  Snapshot snapshot, AppendResult *result)
+			  AppendResult *result)
 {
+	Snapshot	snapshot;
 	int			given = 0,
 				recorded = 0;
 	bool		in_order = true;
 	int64		prev_version = 0;
 	char	   *streamstr = text_to_cstring(stream);
+	NewEvent   *sorted = palloc(n * sizeof(NewEvent));
+	int			m = 0;
+
+	/*
+	 * Lock the given ids, in a fixed order so that two batches sharing ids
+	 * cannot deadlock on them, then look them up.  The snapshot was taken
+	 * before we waited, so look with a new one.
+	 */
+	for (int i = 0; i < n; i++)
+		if (evs[i].has_id)
+			sorted[m++] = evs[i];
+	qsort(sorted, m, sizeof(NewEvent), uuid_cmp_qsort);
+	for (int i = 0; i < m; i++)
+	{
+		if (i > 0 && memcmp(sorted[i - 1].id.data, sorted[i].id.data, UUID_LEN) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("event %s appears twice in the batch for stream \"%s\"",
+							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&sorted[i].id))),
+							streamstr)));
+		CqrsLockEventId(&sorted[i].id);
+	}
+	snapshot = GetLatestSnapshot();
 
 	for (int i = 0; i < n; i++)
 	{
@@ -453,27 +478,7 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 	}
 
 	if (recorded == 0)
-	{
-		/* Ids repeated within the batch would only fail in the unique index. */
-		if (given > 1)
-		{
-			NewEvent   *sorted = palloc(n * sizeof(NewEvent));
-			int			m = 0;
-
-			for (int i = 0; i < n; i++)
-				if (evs[i].has_id)
-					sorted[m++] = evs[i];
-			qsort(sorted, m, sizeof(NewEvent), uuid_cmp_qsort);
-			for (int i = 1; i < m; i++)
-				if (memcmp(sorted[i - 1].id.data, sorted[i].id.data, UUID_LEN) == 0)
-					ereport(ERROR,
-							(errcode(ERRCODE_UNIQUE_VIOLATION),
-							 errmsg("event %s appears twice in the batch for stream \"%s\"",
-									DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&sorted[i].id))),
-									streamstr)));
-		}
 		return false;
-	}
 	if (recorded == n && in_order)
 		return true;
 
@@ -511,7 +516,7 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 
 	for (int i = 0; i < n; i++)
 		any_id |= evs[i].has_id;
-	if (any_id && find_recorded(events, stream, evs, n, snapshot, &result))
+	if (any_id && find_recorded(events, stream, evs, n, &result))
 	{
 		UnregisterSnapshot(snapshot);
 		table_close(events, NoLock);

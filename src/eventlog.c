@@ -50,6 +50,7 @@
 
 /* field4 of our advisory lock tags; pg_advisory_lock uses 1 and 2 */
 #define CQRS_LOCKTAG_STREAM		0x4351
+#define CQRS_LOCKTAG_EVENT_ID	0x4352
 #define CQRS_STREAM_HASH_SEED	UINT64CONST(0x70675f63717273)	/* "pg_cqrs" */
 
 static CqrsEventLogOids eventlog_oids;
@@ -157,6 +158,27 @@ CqrsLockStream(const char *stream, int len)
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
 						 CQRS_LOCKTAG_STREAM);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * CqrsLockEventId
+ *		Take the lock on a caller-given event id until the end of the
+ *		transaction.
+ *
+ * Two transactions appending the same id to different streams would
+ * otherwise both find it unrecorded, and the second would only learn of the
+ * first from the unique index, with a generic message.  Holding this lock,
+ * the second waits, then finds the id recorded and names its stream.
+ */
+void
+CqrsLockEventId(const pg_uuid_t *id)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended(id->data, UUID_LEN, CQRS_STREAM_HASH_SEED);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 CQRS_LOCKTAG_EVENT_ID);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 

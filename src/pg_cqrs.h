@@ -71,6 +71,7 @@ typedef struct CqrsEventLogOids
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
 extern const CqrsEventLogOids *CqrsEventLog(void);
 extern void CqrsLockStream(const char *stream, int len);
+extern void CqrsLockEventId(const pg_uuid_t *id);
 extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
 						   int64 *version, int64 *position);
 extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
