@@ -44,11 +44,13 @@ cqrs_install_deps() {
 	fi
 }
 
-# The pg_config of the PostgreSQL we test against: Debian's wrapper in
-# /usr/bin picks the newest server-dev, which we pin to $PGMAJOR.
+# The pg_config of the PostgreSQL we test against: $PG_CONFIG when set (as
+# in "make check PG_CONFIG=..."), else Debian's for $PGMAJOR (the wrapper in
+# /usr/bin would pick the newest server-dev installed).
 cqrs_pg_config() {
 	local c="/usr/lib/postgresql/$PGMAJOR/bin/pg_config"
-	if [ -x "$c" ]; then echo "$c"; else command -v pg_config; fi
+	if [ -n "${PG_CONFIG:-}" ] && [ "$PG_CONFIG" != pg_config ]; then echo "$PG_CONFIG"
+	elif [ -x "$c" ]; then echo "$c"; else command -v pg_config; fi
 }
 
 cqrs_build_install() {
