@@ -131,8 +131,10 @@ fi
 
 # Databases the suites use with --use-existing, set up the way pg_regress
 # would set up a database it creates itself.
+# WITH (FORCE): pg_cqrs workers may be connected to a database that has
+# deferred projections, as autovacuum may be.
 cqrs_create_db() {
-	cqrs_psql -d postgres -c "DROP DATABASE IF EXISTS \"$1\"" -c "CREATE DATABASE \"$1\" TEMPLATE template0" &&
+	cqrs_psql -d postgres -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" -c "CREATE DATABASE \"$1\" TEMPLATE template0" &&
 	cqrs_psql -d postgres -c "ALTER DATABASE \"$1\" SET lc_messages TO 'C'" \
 		-c "ALTER DATABASE \"$1\" SET lc_monetary TO 'C'" \
 		-c "ALTER DATABASE \"$1\" SET lc_numeric TO 'C'" \
@@ -273,7 +275,7 @@ for f in "${pgtap_files[@]}"; do
 		echo "---- end of $name output"
 	fi
 done
-cqrs_psql -d postgres -c 'DROP DATABASE IF EXISTS pgtap_test' >/dev/null 2>&1
+cqrs_psql -d postgres -c 'DROP DATABASE IF EXISTS pgtap_test WITH (FORCE)' >/dev/null 2>&1
 
 # ---------------------------------------------------------------------- TAP
 tap_files=()
