@@ -8,7 +8,7 @@
 
 EXTENSION    = pg_cqrs
 MODULE_big   = pg_cqrs
-DATA         = sql/pg_cqrs--0.1.0.sql
+DATA         = sql/pg_cqrs--0.1.0.sql sql/pg_cqrs--0.1.0--0.2.0.sql
 PGFILEDESC   = "pg_cqrs - CQRS and event sourcing inside PostgreSQL"
 
 OBJS = \
@@ -17,7 +17,9 @@ OBJS = \
 	src/eventlog.o \
 	src/append.o \
 	src/read.o \
-	src/guard.o
+	src/guard.o \
+	src/projection.o \
+	src/worker.o
 
 CQRS_HEADERS = src/pg_cqrs.h src/compat.h
 PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

@@ -551,6 +551,8 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 						   (long long) expected, (long long) head_version),
 				 errhint("Reload the stream and retry the command.")));
 
+	/* before any position: see "Locking for sync projections" in projection.c */
+	CqrsLockProjectionsForAppend();
 	CqrsHorizonBeginAppend(events);
 
 	seq = CqrsEventLog()->position_seq;

@@ -65,7 +65,8 @@ eventlog_relcache_callback(Datum arg, Oid relid)
 		relid == eventlog_oids.position_idx ||
 		relid == eventlog_oids.stream_version_idx ||
 		relid == eventlog_oids.id_idx ||
-		relid == eventlog_oids.position_seq)
+		relid == eventlog_oids.position_seq ||
+		relid == eventlog_oids.projections)
 		eventlog_oids_valid = false;
 }
 
@@ -111,6 +112,8 @@ CqrsEventLog(void)
 		eventlog_oids.stream_version_idx = eventlog_relid("events_stream_version_key", nspid);
 		eventlog_oids.id_idx = eventlog_relid("events_id_key", nspid);
 		eventlog_oids.position_seq = eventlog_relid("events_position_seq", nspid);
+		/* absent until the extension is updated to 0.2.0 */
+		eventlog_oids.projections = get_relname_relid("projections", nspid);
 		eventlog_oids_valid = true;
 	}
 	return &eventlog_oids;

@@ -143,6 +143,17 @@ CqrsHorizonAvailable(void)
 	return horizon != NULL;
 }
 
+/* Raise the explanatory error when the horizon is not available. */
+void
+CqrsRequireHorizon(void)
+{
+	if (horizon == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_cqrs must be loaded via shared_preload_libraries to read the log by position"),
+				 errhint("Add pg_cqrs to shared_preload_libraries and restart the server.")));
+}
+
 static CqrsAppendSlot *
 my_slot(void)
 {
@@ -194,11 +205,7 @@ CqrsSafePosition(Relation events)
 {
 	int64		safe;
 
-	if (horizon == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("pg_cqrs must be loaded via shared_preload_libraries to read the log by position"),
-				 errhint("Add pg_cqrs to shared_preload_libraries and restart the server.")));
+	CqrsRequireHorizon();
 	if (RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -253,6 +260,11 @@ horizon_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			pg_atomic_write_u64(&my_slot()->floor, 0);
+			floor_published = false;
+			/* new events: the deferred projections' worker has work */
+			CqrsWakeWorker(MyDatabaseId);
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:

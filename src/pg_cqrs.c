@@ -36,6 +36,12 @@ void		_PG_init(void);
 /* cqrs.max_event_size: limit on the raw size of data plus metadata */
 int			cqrs_max_event_size = 16 * 1024 * 1024;
 
+/* cqrs.batch_size: events a deferred projection examines per batch */
+int			cqrs_batch_size = 1000;
+
+/* cqrs.naptime: how long an idle worker sleeps between looks, in ms */
+int			cqrs_naptime = 1000;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -56,9 +62,32 @@ _PG_init(void)
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("cqrs.batch_size",
+							"Events a deferred projection examines per batch.",
+							"Each batch commits together with the projection's checkpoint.",
+							&cqrs_batch_size,
+							1000,
+							1,
+							1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cqrs.naptime",
+							"How long an idle pg_cqrs worker sleeps between looks at the log.",
+							"Commits that append events wake the worker sooner.",
+							&cqrs_naptime,
+							1000,
+							10,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("cqrs");
 
 	CqrsHorizonInit();
+	CqrsWorkerInit();
 
 	if (process_shared_preload_libraries_in_progress)
 	{
@@ -75,6 +104,7 @@ cqrs_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	CqrsHorizonShmemRequest();
+	CqrsWorkerShmemRequest();
 }
 
 static void
@@ -83,4 +113,5 @@ cqrs_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	CqrsHorizonShmemStartup();
+	CqrsWorkerShmemStartup();
 }

@@ -49,12 +49,15 @@
 
 /* pg_cqrs.c */
 extern int	cqrs_max_event_size;
+extern int	cqrs_batch_size;
+extern int	cqrs_naptime;
 
 /* horizon.c */
 extern void CqrsHorizonShmemRequest(void);
 extern void CqrsHorizonShmemStartup(void);
 extern void CqrsHorizonInit(void);
 extern bool CqrsHorizonAvailable(void);
+extern void CqrsRequireHorizon(void);
 extern void CqrsHorizonBeginAppend(Relation events);
 extern int64 CqrsSafePosition(Relation events);
 
@@ -66,6 +69,7 @@ typedef struct CqrsEventLogOids
 	Oid			stream_version_idx; /* unique (stream, version) */
 	Oid			id_idx;			/* unique (id) */
 	Oid			position_seq;	/* cqrs.events_position_seq */
+	Oid			projections;	/* cqrs.projections, InvalidOid before 0.2.0 */
 } CqrsEventLogOids;
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
@@ -77,5 +81,28 @@ extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
 extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
 						  text **stream, int64 *version, int64 *position);
 extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
+
+/* projection.c */
+typedef struct CqrsBatchResult
+{
+	char		state;			/* the projection's state afterwards */
+	bool		failed;			/* a handler failed in this batch */
+	int64		examined;		/* events read from the log */
+	int64		applied;		/* events handed to the handler and kept */
+	int64		position;		/* checkpoint afterwards */
+	int64		safe;			/* the safe position the batch stopped at */
+} CqrsBatchResult;
+
+extern Oid	CqrsProjectionsRelid(void);
+extern void CqrsLockProjectionsForAppend(void);
+extern void CqrsApplyBatch(const char *name, int64 limit, CqrsBatchResult *result);
+
+/* worker.c */
+extern void CqrsWorkerShmemRequest(void);
+extern void CqrsWorkerShmemStartup(void);
+extern void CqrsWorkerInit(void);
+extern void CqrsWakeWorker(Oid dboid);
+extern void CqrsWaitForProgress(long ms);
+extern void CqrsWaitForProgressDone(void);
 
 #endif							/* PG_CQRS_H */

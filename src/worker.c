@@ -1,0 +1,553 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The launcher and the per-database workers that apply deferred
+ *		projections, their wake-ups, and the progress condition variable.
+ *
+ * With shared_preload_libraries = 'pg_cqrs' the postmaster starts one
+ * "pg_cqrs launcher".  It connects to no database, reads pg_database and
+ * starts a dynamic "pg_cqrs worker" for every database that accepts
+ * connections and has none.  A worker whose database lacks the extension
+ * exits at once; the launcher tries such a database again after
+ * LAUNCHER_RECHECK, or as soon as it is woken: the extension's install
+ * script calls cqrs.wake_launcher(), which sets the launcher's latch when
+ * the creating transaction commits.
+ *
+ * A worker loops: apply one batch of each running deferred projection, each
+ * batch in its own transaction (projection.c), as long as batches come back
+ * full; then sleep on its latch for cqrs.naptime.  A transaction that
+ * appended sets the latch of its database's worker when it commits
+ * (horizon.c), so under light load an event is applied within milliseconds.
+ * After each batch the worker broadcasts the progress condition variable,
+ * on which cqrs.wait_for_projection sleeps.
+ *
+ * A worker that fails outside a handler (a handler's errors are caught per
+ * batch) logs the error, aborts the transaction, and goes on with the next
+ * projection: one broken definition never stops the others.
+ *
+ * Shared state: the worker table is written under a spinlock and read
+ * without it by committing appenders, for whom a stale entry only means
+ * setting some other process's latch.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/worker.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "pg_cqrs.h"
+
+PG_FUNCTION_INFO_V1(cqrs_wake_launcher);
+
+PGDLLEXPORT void cqrs_launcher_main(Datum main_arg);
+PGDLLEXPORT void cqrs_worker_main(Datum main_arg);
+
+#define CQRS_MAX_WORKERS	64
+#define LAUNCHER_RECHECK_MS (60 * 1000)
+#define LAUNCHER_NAP_MS		(10 * 1000)
+
+typedef struct CqrsDbWorker
+{
+	Oid			dboid;			/* InvalidOid: free */
+	int			procno;
+	pid_t		pid;
+} CqrsDbWorker;
+
+typedef struct CqrsWorkerShared
+{
+	slock_t		mutex;
+	int			launcher_procno;	/* -1 while no launcher runs */
+	ConditionVariable progress;
+	CqrsDbWorker workers[CQRS_MAX_WORKERS];
+} CqrsWorkerShared;
+
+static CqrsWorkerShared *workers = NULL;
+
+/* Set by cqrs.wake_launcher(): wake the launcher when we commit. */
+static bool wake_launcher_at_commit = false;
+
+static bool waiting_for_progress = false;
+
+static void worker_xact_callback(XactEvent event, void *arg);
+
+/* ----------------------------------------------------------------
+ * Shared memory and registration
+ * ----------------------------------------------------------------
+ */
+
+void
+CqrsWorkerShmemRequest(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CqrsWorkerShared)));
+}
+
+void
+CqrsWorkerShmemStartup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	workers = ShmemInitStruct("pg_cqrs workers", sizeof(CqrsWorkerShared), &found);
+	if (!found)
+	{
+		SpinLockInit(&workers->mutex);
+		workers->launcher_procno = -1;
+		ConditionVariableInit(&workers->progress);
+		for (int i = 0; i < CQRS_MAX_WORKERS; i++)
+			workers->workers[i].dboid = InvalidOid;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Called from _PG_init; registers the launcher when preloading. */
+void
+CqrsWorkerInit(void)
+{
+	BackgroundWorker worker;
+
+	RegisterXactCallback(worker_xact_callback, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 10;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_cqrs");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cqrs_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_cqrs launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_cqrs launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+static void
+set_proc_latch(int procno)
+{
+	if (procno >= 0 && procno < (int) ProcGlobal->allProcCount)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/*
+ * CqrsWakeWorker
+ *		Set the latch of the worker serving a database, if there is one.
+ */
+void
+CqrsWakeWorker(Oid dboid)
+{
+	if (workers == NULL)
+		return;
+	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
+		if (workers->workers[i].dboid == dboid)
+			set_proc_latch(workers->workers[i].procno);
+}
+
+static void
+worker_xact_callback(XactEvent event, void *arg)
+{
+	if (!wake_launcher_at_commit)
+		return;
+	if (event == XACT_EVENT_COMMIT && workers != NULL)
+		set_proc_latch(workers->launcher_procno);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		wake_launcher_at_commit = false;
+}
+
+/*
+ * cqrs.wake_launcher() RETURNS void
+ *
+ * Have the launcher look for databases needing a worker when the calling
+ * transaction commits (the install script calls it).
+ */
+Datum
+cqrs_wake_launcher(PG_FUNCTION_ARGS)
+{
+	wake_launcher_at_commit = true;
+	PG_RETURN_VOID();
+}
+
+/*
+ * Sleep until a worker reports progress or ms pass.  Without shared memory,
+ * just sleep on our latch.
+ */
+void
+CqrsWaitForProgress(long ms)
+{
+	if (workers != NULL)
+	{
+		if (!waiting_for_progress)
+		{
+			ConditionVariablePrepareToSleep(&workers->progress);
+			waiting_for_progress = true;
+		}
+		(void) ConditionVariableTimedSleep(&workers->progress, ms, PG_WAIT_EXTENSION);
+	}
+	else
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+void
+CqrsWaitForProgressDone(void)
+{
+	if (waiting_for_progress)
+	{
+		ConditionVariableCancelSleep();
+		waiting_for_progress = false;
+	}
+}
+
+/* ----------------------------------------------------------------
+ * The launcher
+ * ----------------------------------------------------------------
+ */
+
+typedef struct LaunchedDb
+{
+	Oid			dboid;
+	BackgroundWorkerHandle *handle;
+	TimestampTz started_at;
+} LaunchedDb;
+
+/* Databases that accept connections, from the shared catalog. */
+static List *
+connectable_databases(MemoryContext cxt)
+{
+	List	   *result = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datallowconn && !db->datistemplate)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			result = lappend_oid(result, db->oid);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+static BackgroundWorkerHandle *
+start_db_worker(Oid dboid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	worker.bgw_notify_pid = MyProcPid;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_cqrs");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "cqrs_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_cqrs worker for database %u", dboid);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_cqrs worker");
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("pg_cqrs could not start a worker for database %u", dboid),
+				 errhint("Raise max_worker_processes.")));
+		return NULL;
+	}
+	return handle;
+}
+
+void
+cqrs_launcher_main(Datum main_arg)
+{
+	MemoryContext cxt;
+	List	   *launched = NIL;
+	bool		woken = true;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	SpinLockAcquire(&workers->mutex);
+	workers->launcher_procno = CqrsMyProcIndex();
+	SpinLockRelease(&workers->mutex);
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "pg_cqrs launcher",
+								ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		List	   *dbs;
+		ListCell   *lc;
+		TimestampTz now = GetCurrentTimestamp();
+		long		nap = LAUNCHER_NAP_MS;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		dbs = connectable_databases(CurrentMemoryContext);
+		foreach(lc, dbs)
+		{
+			Oid			dboid = lfirst_oid(lc);
+			LaunchedDb *entry = NULL;
+			ListCell   *lc2;
+			pid_t		pid;
+
+			foreach(lc2, launched)
+				if (((LaunchedDb *) lfirst(lc2))->dboid == dboid)
+					entry = lfirst(lc2);
+			if (entry == NULL)
+			{
+				MemoryContext old = MemoryContextSwitchTo(cxt);
+
+				entry = palloc0(sizeof(LaunchedDb));
+				entry->dboid = dboid;
+				launched = lappend(launched, entry);
+				MemoryContextSwitchTo(old);
+			}
+			if (entry->handle != NULL &&
+				GetBackgroundWorkerPid(entry->handle, &pid) != BGWH_STOPPED)
+				continue;		/* running, or about to */
+			if (entry->handle != NULL && !woken &&
+				!TimestampDifferenceExceeds(entry->started_at, now, LAUNCHER_RECHECK_MS))
+				continue;		/* exited lately: no extension, or it failed */
+
+			if (entry->handle != NULL)
+				pfree(entry->handle);
+			entry->handle = start_db_worker(dboid);
+			entry->started_at = now;
+		}
+		list_free(dbs);
+
+		woken = false;
+		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					  nap, PG_WAIT_EXTENSION) & WL_LATCH_SET)
+			woken = true;
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * The per-database worker
+ * ----------------------------------------------------------------
+ */
+
+static void
+worker_detach(int code, Datum arg)
+{
+	int			slot = DatumGetInt32(arg);
+
+	SpinLockAcquire(&workers->mutex);
+	workers->workers[slot].dboid = InvalidOid;
+	workers->workers[slot].procno = -1;
+	SpinLockRelease(&workers->mutex);
+}
+
+/* Take a slot for our database; false if another worker already has one. */
+static bool
+worker_attach(Oid dboid)
+{
+	int			free_slot = -1;
+
+	SpinLockAcquire(&workers->mutex);
+	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
+	{
+		if (workers->workers[i].dboid == dboid)
+		{
+			SpinLockRelease(&workers->mutex);
+			return false;
+		}
+		if (free_slot < 0 && workers->workers[i].dboid == InvalidOid)
+			free_slot = i;
+	}
+	if (free_slot < 0)
+	{
+		SpinLockRelease(&workers->mutex);
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("pg_cqrs serves at most %d databases", CQRS_MAX_WORKERS)));
+		return false;
+	}
+	workers->workers[free_slot].dboid = dboid;
+	workers->workers[free_slot].procno = CqrsMyProcIndex();
+	workers->workers[free_slot].pid = MyProcPid;
+	SpinLockRelease(&workers->mutex);
+	on_shmem_exit(worker_detach, Int32GetDatum(free_slot));
+	return true;
+}
+
+/*
+ * The running deferred projections of our database, or NIL; sets
+ * *installed to whether the extension (with projections) is here at all.
+ */
+static List *
+deferred_projection_names(MemoryContext cxt, bool *installed)
+{
+	List	   *names = NIL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	*installed = OidIsValid(get_extension_oid("pg_cqrs", true));
+	if (*installed && OidIsValid(CqrsProjectionsRelid()))
+	{
+		int			rc;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "pg_cqrs: SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		rc = SPI_execute("SELECT name FROM cqrs.projections"
+						 " WHERE mode OPERATOR(pg_catalog.=) 'deferred'"
+						 " AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
+						 true, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "pg_cqrs: listing projections failed: %s", SPI_result_code_string(rc));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+			MemoryContextSwitchTo(old);
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+	}
+	CommitTransactionCommand();
+	return names;
+}
+
+/*
+ * One batch of one projection in a transaction of its own.  Returns
+ * whether the batch was full (more may be waiting).  Errors are logged and
+ * the transaction aborted; the next pass retries.
+ */
+static bool
+worker_apply_one(const char *name)
+{
+	volatile bool more = false;
+
+	PG_TRY();
+	{
+		CqrsBatchResult r;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "pg_cqrs: SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, name);
+		CqrsApplyBatch(name, cqrs_batch_size, &r);
+		more = r.state == 'r' && r.examined >= cqrs_batch_size;
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		more = false;
+	}
+	PG_END_TRY();
+
+	ConditionVariableBroadcast(&workers->progress);
+	return more;
+}
+
+void
+cqrs_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	MemoryContext pass_cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	if (!worker_attach(dboid))
+		proc_exit(0);
+	pgstat_report_appname("pg_cqrs worker");
+
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "pg_cqrs worker pass",
+									 ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		bool		installed;
+		bool		more = false;
+		List	   *names;
+		ListCell   *lc;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		MemoryContextReset(pass_cxt);
+		names = deferred_projection_names(pass_cxt, &installed);
+		if (!installed)
+			proc_exit(0);		/* the launcher will look again later */
+
+		foreach(lc, names)
+			more |= worker_apply_one((const char *) lfirst(lc));
+
+		if (more)
+			continue;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 cqrs_naptime, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
