@@ -102,6 +102,7 @@ extern void CqrsWorkerShmemRequest(void);
 extern void CqrsWorkerShmemStartup(void);
 extern void CqrsWorkerInit(void);
 extern void CqrsWakeWorker(Oid dboid);
+extern void CqrsWakeLauncherAtCommit(void);
 extern void CqrsWaitForProgress(long ms);
 extern void CqrsWaitForProgressDone(void);
 

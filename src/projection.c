@@ -1020,7 +1020,11 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 		projection_update(name, "\"position\" = $2", 1, types, vals, NULL);
 	}
 	else
+	{
+		/* the worker, or the launcher if this database has none yet */
 		CqrsWakeWorker(MyDatabaseId);
+		CqrsWakeLauncherAtCommit();
+	}
 
 	SPI_finish();
 	projections_changed(relid);
@@ -1124,7 +1128,10 @@ cqrs_resume_projection(PG_FUNCTION_ARGS)
 			projection_update(name, "\"position\" = $2", 1, types, values, NULL);
 		}
 		else
+		{
 			CqrsWakeWorker(MyDatabaseId);
+			CqrsWakeLauncherAtCommit();
+		}
 	}
 	SPI_finish();
 	projections_changed(relid);
@@ -1191,6 +1198,7 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 	SPI_finish();
 	projections_changed(relid);
 	CqrsWakeWorker(MyDatabaseId);
+	CqrsWakeLauncherAtCommit();
 	PG_RETURN_VOID();
 }
 

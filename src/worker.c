@@ -7,11 +7,12 @@
  * With shared_preload_libraries = 'pg_cqrs' the postmaster starts one
  * "pg_cqrs launcher".  It connects to no database, reads pg_database and
  * starts a dynamic "pg_cqrs worker" for every database that accepts
- * connections and has none.  A worker whose database lacks the extension
- * exits at once; the launcher tries such a database again after
- * LAUNCHER_RECHECK, or as soon as it is woken: the extension's install
- * script calls cqrs.wake_launcher(), which sets the launcher's latch when
- * the creating transaction commits.
+ * connections and has none.  A worker whose database lacks the extension,
+ * or has no running deferred projection, exits at once (so that it does not
+ * hold DROP DATABASE up); the launcher tries such a database again after
+ * LAUNCHER_RECHECK, or as soon as it is woken: the install script, and
+ * creating, resuming or un-failing a deferred projection, wake it when
+ * their transaction commits.
  *
  * A worker loops: apply one batch of each running deferred projection, each
  * batch in its own transaction (projection.c), as long as batches come back
@@ -73,7 +74,7 @@ PGDLLEXPORT void cqrs_launcher_main(Datum main_arg);
 PGDLLEXPORT void cqrs_worker_main(Datum main_arg);
 
 #define CQRS_MAX_WORKERS	64
-#define LAUNCHER_RECHECK_MS (60 * 1000)
+#define LAUNCHER_RECHECK_MS (5 * 60 * 1000)
 #define LAUNCHER_NAP_MS		(10 * 1000)
 
 typedef struct CqrsDbWorker
@@ -87,6 +88,7 @@ typedef struct CqrsWorkerShared
 {
 	slock_t		mutex;
 	int			launcher_procno;	/* -1 while no launcher runs */
+	pg_atomic_uint32 wake_requested;	/* set by cqrs.wake_launcher() */
 	ConditionVariable progress;
 	CqrsDbWorker workers[CQRS_MAX_WORKERS];
 } CqrsWorkerShared;
@@ -122,6 +124,7 @@ CqrsWorkerShmemStartup(void)
 	{
 		SpinLockInit(&workers->mutex);
 		workers->launcher_procno = -1;
+		pg_atomic_init_u32(&workers->wake_requested, 0);
 		ConditionVariableInit(&workers->progress);
 		for (int i = 0; i < CQRS_MAX_WORKERS; i++)
 			workers->workers[i].dboid = InvalidOid;
@@ -178,9 +181,23 @@ worker_xact_callback(XactEvent event, void *arg)
 	if (!wake_launcher_at_commit)
 		return;
 	if (event == XACT_EVENT_COMMIT && workers != NULL)
+	{
+		pg_atomic_write_u32(&workers->wake_requested, 1);
 		set_proc_latch(workers->launcher_procno);
+	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 		wake_launcher_at_commit = false;
+}
+
+/*
+ * CqrsWakeLauncherAtCommit
+ *		Have the launcher look for databases needing a worker when the
+ *		current transaction commits.
+ */
+void
+CqrsWakeLauncherAtCommit(void)
+{
+	wake_launcher_at_commit = true;
 }
 
 /*
@@ -306,7 +323,7 @@ cqrs_launcher_main(Datum main_arg)
 {
 	MemoryContext cxt;
 	List	   *launched = NIL;
-	bool		woken = true;
+	TimestampTz last_wake = GetCurrentTimestamp();
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -357,9 +374,15 @@ cqrs_launcher_main(Datum main_arg)
 			if (entry->handle != NULL &&
 				GetBackgroundWorkerPid(entry->handle, &pid) != BGWH_STOPPED)
 				continue;		/* running, or about to */
-			if (entry->handle != NULL && !woken &&
+			/*
+			 * It exited: no extension, or nothing to do.  Start it again when
+			 * somebody asked since it started, or after a long while.  (Its
+			 * exit also sets our latch, through bgw_notify_pid; that alone
+			 * must not restart it, or idle databases would churn.)
+			 */
+			if (entry->handle != NULL && last_wake < entry->started_at &&
 				!TimestampDifferenceExceeds(entry->started_at, now, LAUNCHER_RECHECK_MS))
-				continue;		/* exited lately: no extension, or it failed */
+				continue;
 
 			if (entry->handle != NULL)
 				pfree(entry->handle);
@@ -368,11 +391,11 @@ cqrs_launcher_main(Datum main_arg)
 		}
 		list_free(dbs);
 
-		woken = false;
-		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					  nap, PG_WAIT_EXTENSION) & WL_LATCH_SET)
-			woken = true;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 nap, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		if (pg_atomic_exchange_u32(&workers->wake_requested, 0) != 0)
+			last_wake = GetCurrentTimestamp();
 	}
 }
 
@@ -538,8 +561,14 @@ cqrs_worker_main(Datum main_arg)
 
 		MemoryContextReset(pass_cxt);
 		names = deferred_projection_names(pass_cxt, &installed);
-		if (!installed)
-			proc_exit(0);		/* the launcher will look again later */
+
+		/*
+		 * Nothing to do here: leave, rather than stay connected and make
+		 * DROP DATABASE fail.  Creating or resuming a deferred projection
+		 * wakes the launcher, which brings us back.
+		 */
+		if (!installed || names == NIL)
+			proc_exit(0);
 
 		foreach(lc, names)
 			more |= worker_apply_one((const char *) lfirst(lc));
