@@ -138,4 +138,12 @@ AS 'MODULE_PATHNAME', 'cqrs_wake_launcher'
 LANGUAGE C VOLATILE;
 SELECT cqrs.wake_launcher();
 
+-- Administering projections runs code as their owners on every append:
+-- only roles granted these functions may do it.
 REVOKE EXECUTE ON FUNCTION cqrs.wake_launcher() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.create_projection(text, regproc, text, regclass[], text[], text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.drop_projection(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.pause_projection(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.resume_projection(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.skip_event(text, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.process_projections(text, integer) FROM PUBLIC;

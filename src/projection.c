@@ -74,6 +74,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -895,6 +896,11 @@ check_handler(Oid handler)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("function with OID %u does not exist", handler)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
+	if (pg_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s", format_procedure(handler)),
+				 errdetail("A projection's handler runs as the role that creates the projection.")));
 	events_type = get_rel_type_id(CqrsEventLog()->events);
 	if (proc->pronargs != 1 || proc->proargtypes.values[0] != events_type ||
 		proc->prorettype != VOIDOID || proc->proretset || proc->prokind != PROKIND_FUNCTION)
