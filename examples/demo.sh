@@ -4,7 +4,8 @@
 # Builds and installs the extension, starts a throwaway cluster (removed on
 # exit), loads examples/orders/*.sql into a fresh database and walks through
 # the event log: commands, business rules, optimistic concurrency, idempotent
-# retries, reading the log as a consumer, and bad input.
+# retries, reading the log as a consumer, bad input, and read models kept by
+# a sync and a deferred projection (lag, waiting, a poisoned event).
 #
 # The SQL runs in psql sessions fed through FIFOs, so that two sessions can
 # be interleaved deterministically: the script waits on pg_stat_activity
@@ -163,6 +164,8 @@ Loaded examples/orders/02_commands.sql: the commands register_customer,
 place_order, pay_order, ship_order, cancel_order and add_note.  Each reads
 its stream's state, checks the business rules, and appends one event with
 expected_version = the version it read.
+Loaded examples/orders/03_projections.sql: read tables and the handlers of
+two projections, put to work in step 7.
 EOF
 
 heading "1. Place, pay and ship an order"
@@ -328,6 +331,74 @@ SELECT * FROM cqrs.append('order-1004', 'OrderPlaced', '{}', expected_version =>
 SELECT * FROM cqrs.append('order-1004', 'OrderPlaced', '{}', id => 'a81bc81b-dead-4e5d-abff-90865d1e13b1');
 DELETE FROM cqrs.events WHERE stream = 'order-1001';
 SELECT count(*) AS events FROM cqrs.events;
+SQL
+
+heading "7. Read models: a sync and a deferred projection"
+say <<'EOF2'
+examples/orders/03_projections.sql defines two read tables and their
+handlers.  orders.order_summary is a sync projection: a trigger applies each
+event in the appending transaction, so it is never behind.  It first catches
+up on the history already in the log.  orders.customer_stats is deferred:
+pg_cqrs's background worker applies events after they commit, in position
+order, in batches that commit together with the projection's checkpoint.
+EOF2
+session_run main <<'SQL'
+SELECT cqrs.create_projection('order_summary', 'orders.apply_order_summary',
+                              'sync', tables => '{orders.order_summary}',
+                              categories => '{order}');
+SELECT * FROM orders.order_summary ORDER BY order_id;
+SELECT cqrs.create_projection('customer_stats', 'orders.apply_customer_stats',
+                              'deferred', tables => '{orders.customer_stats}',
+                              categories => '{order}',
+                              types => '{OrderPlaced,OrderPaid}');
+SQL
+say <<'EOF2'
+Read your own writes from a deferred read model: append, take the position
+the append returned, wait until the projection has applied it, then read.
+EOF2
+session_run main <<'SQL'
+SELECT position AS placed_at FROM orders.place_order('1004', 'bob', '[{"sku": "PEN-3", "qty": 3, "price": 2.00}]') \gset
+SELECT cqrs.wait_for_projection('customer_stats', :placed_at, '5 seconds') AS applied;
+SELECT * FROM orders.customer_stats ORDER BY customer;
+SELECT name, mode, state, position, lag_events FROM cqrs.projection_status;
+SQL
+say <<'EOF2'
+Lag: pause the deferred projection, append, and its status shows how far
+behind it is, in positions and in seconds since the oldest unapplied event.
+EOF2
+session_run main <<'SQL'
+SELECT cqrs.pause_projection('customer_stats');
+SELECT * FROM orders.pay_order('1004', 6.00);
+SELECT * FROM orders.place_order('1005', 'bob', '[{"sku": "INK-1", "qty": 1, "price": 4.00}]');
+SELECT pg_sleep(0.2);
+SELECT name, state, position, lag_events, lag_seconds > 0 AS behind FROM cqrs.projection_status;
+SELECT cqrs.resume_projection('customer_stats');
+SELECT cqrs.wait_for_projection('customer_stats', (SELECT max(position) FROM cqrs.events)) AS applied;
+SELECT * FROM orders.customer_stats ORDER BY customer;
+SQL
+say <<'EOF2'
+A poisoned event: an OrderPlaced with a negative total slips past the
+commands (appended directly).  The sync projection accepts it; the deferred
+handler raises.  customer_stats stops at that event: state 'failed', the
+event's position and the error are kept, and its checkpoint sits just before
+the event.  Later events wait; other projections go on.
+EOF2
+session_run main <<'SQL'
+SELECT position AS poison FROM cqrs.append('order-1099', 'OrderPlaced', '{"customer": "mallory", "total": -5}') \gset
+SELECT * FROM orders.place_order('1006', 'alice', '[{"sku": "MUG-7", "qty": 1, "price": 9.00}]');
+SELECT cqrs.wait_for_projection('customer_stats', :poison, '1 second') AS applied;
+SELECT name, state, position, error_position, last_error FROM cqrs.projection_status;
+SQL
+say <<'EOF2'
+Recovery: fix the handler and resume_projection() to retry the event, or,
+as here, skip_event() to record it in cqrs.skipped_events and move on.
+EOF2
+session_run main <<'SQL'
+SELECT cqrs.skip_event('customer_stats', :poison);
+SELECT cqrs.wait_for_projection('customer_stats', (SELECT max(position) FROM cqrs.events)) AS applied;
+SELECT projection, position, error FROM cqrs.skipped_events;
+SELECT name, state, position, lag_events, error_position FROM cqrs.projection_status;
+SELECT * FROM orders.customer_stats ORDER BY customer;
 SQL
 
 echo "Done: the demo's cluster is stopped and removed.  The domain is in examples/orders/."
