@@ -74,22 +74,22 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION cqrs.drop_projection(name text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'cqrs_drop_projection'
-LANGUAGE C VOLATILE STRICT;
+LANGUAGE C VOLATILE;
 
 CREATE FUNCTION cqrs.pause_projection(name text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'cqrs_pause_projection'
-LANGUAGE C VOLATILE STRICT;
+LANGUAGE C VOLATILE;
 
 CREATE FUNCTION cqrs.resume_projection(name text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'cqrs_resume_projection'
-LANGUAGE C VOLATILE STRICT;
+LANGUAGE C VOLATILE;
 
 CREATE FUNCTION cqrs.skip_event(name text, event_position bigint)
 RETURNS void
 AS 'MODULE_PATHNAME', 'cqrs_skip_event'
-LANGUAGE C VOLATILE STRICT;
+LANGUAGE C VOLATILE;
 
 CREATE FUNCTION cqrs.process_projections(name text DEFAULT NULL,
                                          max_events integer DEFAULT NULL)

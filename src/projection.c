@@ -151,6 +151,12 @@ static Oid	projections_relid = InvalidOid;
  */
 
 static void
+projections_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	sync_cache_valid = false;
+}
+
+static void
 projections_relcache_callback(Datum arg, Oid relid)
 {
 	if (!OidIsValid(relid) || relid == projections_relid)
@@ -224,6 +230,56 @@ text_array_elems(Datum d, int *n)
 	return out;
 }
 
+/*
+ * The catalog is read and written as its owner (the extension's owner), not
+ * as the caller: an application role that may append must not need
+ * privileges on cqrs.projections, nor on the schemas of other roles'
+ * handlers, for the sync trigger to find and resolve them.  Only our own
+ * schema-qualified SQL runs in this scope.
+ */
+typedef struct CatalogScope
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} CatalogScope;
+
+static void
+catalog_scope_enter(CatalogScope *scope)
+{
+	HeapTuple	tup;
+	Oid			owner;
+	Oid			relid = CqrsEventLog()->projections;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+static void
+catalog_scope_leave(CatalogScope *scope)
+{
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
+/* SPI_execute_with_args on the catalog, as its owner. */
+static int
+catalog_execute(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				const char *nulls, bool read_only)
+{
+	CatalogScope scope;
+	int			rc;
+
+	catalog_scope_enter(&scope);
+	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, 0);
+	catalog_scope_leave(&scope);
+	return rc;
+}
+
 /* The handler's OID from its stored signature; InvalidOid if it is gone. */
 static Oid
 resolve_handler(const char *signature)
@@ -271,6 +327,12 @@ projection_from_row(HeapTuple tuple, TupleDesc desc)
 	p->state = state[0];
 	p->position = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
 
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(p->owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of projection \"%s\" no longer exists", p->name),
+				 errhint("Drop the projection and create it again as an existing role.")));
+
 	/* a dropped handler is reported when the projection next runs */
 	p->handler = resolve_handler(p->handler_sig);
 	if (OidIsValid(p->handler))
@@ -293,6 +355,7 @@ projections_query(const char *where, const char *name, bool for_update)
 	int			rc;
 	List	   *result = NIL;
 	MemoryContext callercxt = CurrentMemoryContext;
+	CatalogScope scope;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT " PROJECTION_COLUMNS " FROM cqrs.projections WHERE %s%s ORDER BY name%s",
@@ -300,6 +363,7 @@ projections_query(const char *where, const char *name, bool for_update)
 					 for_update ? " FOR UPDATE" : "");
 	values[0] = name ? CStringGetTextDatum(name) : (Datum) 0;
 
+	catalog_scope_enter(&scope);
 	if (for_update)
 		rc = SPI_execute_with_args(sql.data, name ? 1 : 0, argtypes, values, NULL, false, 0);
 	else
@@ -319,6 +383,7 @@ projections_query(const char *where, const char *name, bool for_update)
 	MemoryContextSwitchTo(callercxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		result = lappend(result, projection_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc));
+	catalog_scope_leave(&scope);
 	return result;
 }
 
@@ -355,7 +420,7 @@ projection_update(const char *name, const char *set, int nargs, Oid *argtypes, D
 		vals[i + 1] = values[i];
 		ns[i + 1] = nulls ? nulls[i] : ' ';
 	}
-	rc = SPI_execute_with_args(sql.data, nargs + 1, types, vals, ns, false, 0);
+	rc = catalog_execute(sql.data, nargs + 1, types, vals, ns, false);
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "pg_cqrs: updating projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
 }
@@ -513,13 +578,6 @@ apply_tuplestore(Projection *p, Tuplestorestate *events, TupleDesc desc,
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 
-	if (!OidIsValid(p->handler))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("handler %s of projection \"%s\" does not exist",
-						p->handler_sig, p->name),
-				 errhint("Recreate the function, or drop the projection.")));
-
 	readptr = tuplestore_alloc_read_pointer(events, EXEC_FLAG_REWIND);
 	tuplestore_select_read_pointer(events, readptr);
 	tuplestore_rescan(events);
@@ -535,6 +593,12 @@ apply_tuplestore(Projection *p, Tuplestorestate *events, TupleDesc desc,
 			break;
 		if (!projection_wants(p, slot) || skipset_contains(skip, attempted_position))
 			continue;
+		if (!OidIsValid(p->handler))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("handler %s of projection \"%s\" does not exist",
+							p->handler_sig, p->name),
+					 errhint("Recreate the function, or drop the projection.")));
 		oldcxt = MemoryContextSwitchTo(tmpcxt);
 		call_handler(p, slot, &actx);
 		MemoryContextSwitchTo(oldcxt);
@@ -602,6 +666,8 @@ sync_projections(Oid relid)
 	if (!projections_callback_registered)
 	{
 		CacheRegisterRelcacheCallback(projections_relcache_callback, (Datum) 0);
+		/* handlers resolved to OIDs: forget them when functions change */
+		CacheRegisterSyscacheCallback(PROCOID, projections_syscache_callback, (Datum) 0);
 		projections_callback_registered = true;
 	}
 	if (relid != projections_relid)
@@ -716,10 +782,10 @@ load_skipset(const char *name, int64 after)
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int64GetDatum(after);
-	rc = SPI_execute_with_args("SELECT \"position\" FROM cqrs.skipped_events"
+	rc = catalog_execute("SELECT \"position\" FROM cqrs.skipped_events"
 							   " WHERE projection OPERATOR(pg_catalog.=) $1"
 							   " AND \"position\" OPERATOR(pg_catalog.>) $2 ORDER BY 1",
-							   2, argtypes, values, NULL, true, 0);
+							   2, argtypes, values, NULL, true);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_cqrs: reading skipped events failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
@@ -920,6 +986,10 @@ check_tables(ArrayType *tables)
 	bool	   *nulls;
 	int			n;
 
+	if (ARR_NDIM(tables) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("tables must be a one-dimensional array")));
 	deconstruct_array(tables, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT,
 					  &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
@@ -932,12 +1002,27 @@ check_tables(ArrayType *tables)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("tables must not contain NULL")));
 		relid = DatumGetObjectId(elems[i]);
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("relation with OID %u does not exist", relid)));
 		rel = table_open(relid, AccessShareLock);
 		if (rel->rd_rel->relkind != RELKIND_RELATION &&
 			rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
 			ereport(ERROR,
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("\"%s\" is not a table", RelationGetRelationName(rel))));
+		if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("read table \"%s\" is temporary", RelationGetRelationName(rel)),
+					 errdetail("The worker and other sessions cannot see a temporary table.")));
+		if (pg_class_aclmask(relid, GetUserId(), ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE,
+							 ACLMASK_ALL) != (ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for table %s", RelationGetRelationName(rel)),
+					 errdetail("The projection's owner must be able to SELECT, INSERT, UPDATE and DELETE its read tables.")));
 		if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
@@ -976,7 +1061,12 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("handler must not be null")));
 	handler = PG_GETARG_OID(1);
-	mode = PG_ARGISNULL(2) ? "sync" : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("mode must not be null"),
+				 errhint("Use 'sync' or 'deferred'.")));
+	mode = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	if (strcmp(mode, "sync") != 0 && strcmp(mode, "deferred") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1008,10 +1098,10 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	values[6] = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
 	nulls[6] = PG_ARGISNULL(5) ? 'n' : ' ';
 	values[7] = CStringGetTextDatum(GetConfigOption("search_path", false, false));
-	rc = SPI_execute_with_args("INSERT INTO cqrs.projections"
+	rc = catalog_execute("INSERT INTO cqrs.projections"
 							   " (name, handler, owner, mode, tables, categories, types, search_path)"
 							   " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8)",
-							   8, argtypes, values, nulls, false, 0);
+							   8, argtypes, values, nulls, false);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "pg_cqrs: inserting projection failed: %s", SPI_result_code_string(rc));
 
@@ -1054,8 +1144,8 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
 	values[0] = CStringGetTextDatum(name);
-	rc = SPI_execute_with_args("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1",
-							   1, argtypes, values, NULL, false, 0);
+	rc = catalog_execute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1",
+							   1, argtypes, values, NULL, false);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "pg_cqrs: deleting projection failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
@@ -1154,12 +1244,19 @@ Datum
 cqrs_skip_event(PG_FUNCTION_ARGS)
 {
 	char	   *name = name_arg(fcinfo, 0);
-	int64		position = PG_GETARG_INT64(1);
-	Oid			relid = projections_lock(RowExclusiveLock);
+	int64		position;
+	Oid			relid;
 	Projection *p;
 	Oid			argtypes[2] = {TEXTOID, INT8OID};
 	Datum		values[2];
 	int			rc;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event_position must not be null")));
+	position = PG_GETARG_INT64(1);
+	relid = projections_lock(RowExclusiveLock);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
@@ -1177,20 +1274,20 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int64GetDatum(position);
-	rc = SPI_execute_with_args("SELECT 1 FROM cqrs.projections"
+	rc = catalog_execute("SELECT 1 FROM cqrs.projections"
 							   " WHERE name OPERATOR(pg_catalog.=) $1"
 							   " AND error_position OPERATOR(pg_catalog.=) $2",
-							   2, argtypes, values, NULL, false, 0);
+							   2, argtypes, values, NULL, false);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("projection \"%s\" did not fail at position %lld", name, (long long) position),
 				 errhint("See error_position in cqrs.projection_status.")));
 
-	rc = SPI_execute_with_args("INSERT INTO cqrs.skipped_events (projection, \"position\", error)"
+	rc = catalog_execute("INSERT INTO cqrs.skipped_events (projection, \"position\", error)"
 							   " SELECT name, error_position, last_error FROM cqrs.projections"
 							   " WHERE name OPERATOR(pg_catalog.=) $1",
-							   1, argtypes, values, NULL, false, 0);
+							   1, argtypes, values, NULL, false);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "pg_cqrs: recording skipped event failed: %s", SPI_result_code_string(rc));
 	/*
@@ -1212,14 +1309,15 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
  * cqrs.process_projections(name text, max_events integer) RETURNS bigint
  *
  * Apply, in the caller's transaction, every event committed before the call
- * to the running deferred projections (or the one named), at most
- * max_events in all.  Waits for a batch another applier is running, and for
+ * to the running deferred projections (or the one named), handing at most
+ * max_events events to handlers in all.  (A batch examines no more events
+ * than the budget left, so it cannot overshoot.)  Waits for a batch another applier is running, and for
  * appends in flight below the events to apply.  Returns events applied.
  */
 Datum
 cqrs_process_projections(PG_FUNCTION_ARGS)
 {
-	char	   *only = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *only = PG_ARGISNULL(0) ? NULL : name_arg(fcinfo, 0);
 	int64		budget = PG_ARGISNULL(1) ? PG_INT64_MAX : PG_GETARG_INT32(1);
 	int64		total = 0;
 	int64		target;
@@ -1256,7 +1354,7 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 			CHECK_FOR_INTERRUPTS();
 			CqrsApplyBatch(p->name, Min(budget, (int64) cqrs_batch_size), &r);
 			total += r.applied;
-			budget -= r.examined;
+			budget -= r.applied;
 			if (r.state != 'r' || r.position >= target)
 				break;
 			if (r.examined == 0)
