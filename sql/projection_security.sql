@@ -41,13 +41,17 @@ $$;
 -- The owner of projections, a role that only appends, and one that should
 -- not be able to touch the owner's projections.  Appending needs what it
 -- needed before projections existed: USAGE on the schema and INSERT on the
--- log.  The owner is given the projection catalog, which is what
--- create_projection needs today.
+-- log.  The administrative functions are not PUBLIC: the owner is granted
+-- them, and the projection catalog, which is what create_projection needs
+-- today.
 CREATE ROLE regress_cqrs_owner;
 CREATE ROLE regress_cqrs_appender;
 CREATE ROLE regress_cqrs_intruder;
 GRANT USAGE ON SCHEMA cqrs TO regress_cqrs_owner, regress_cqrs_appender, regress_cqrs_intruder;
 GRANT INSERT ON cqrs.events TO regress_cqrs_owner, regress_cqrs_appender, regress_cqrs_intruder;
+GRANT EXECUTE ON FUNCTION cqrs.create_projection(text, regproc, text, regclass[], text[], text[]),
+    cqrs.drop_projection(text), cqrs.pause_projection(text), cqrs.resume_projection(text),
+    cqrs.skip_event(text, bigint), cqrs.process_projections(text, integer) TO regress_cqrs_owner;
 GRANT SELECT, INSERT, UPDATE, DELETE ON cqrs.projections, cqrs.skipped_events TO regress_cqrs_owner;
 
 -- the owner's read tables and handler; the handler names its table
@@ -74,7 +78,10 @@ SET ROLE regress_cqrs_appender;
 CREATE TABLE regress_appender_s.seen (position bigint PRIMARY KEY, who text, path text);
 SET search_path = regress_appender_s, public;
 SELECT version FROM cqrs.append('acct-1', 'Opened', '{}');
-SELECT version FROM cqrs.append_events('acct-1', '[{"type": "Deposited", "data": {}}]');
+SELECT version, position AS pos FROM cqrs.append_events('acct-1', '[{"type": "Deposited", "data": {}}]') \gset
+\echo :version
+-- and can wait for its write to be applied (read-your-writes), as any role
+SELECT cqrs.wait_for_projection('owned', :pos, '0') AS applied;
 -- the handler did not change the appender's session
 SELECT current_user, current_setting('search_path') AS search_path;
 SELECT count(*) AS decoy_rows FROM regress_appender_s.seen;
