@@ -1,7 +1,7 @@
 -- test/pgtap/projection.sql: projections (API.md section 2) -- the shape of
 -- the SQL surface, and its main behaviours
 BEGIN;
-SELECT plan(173);
+SELECT plan(180);
 
 --
 -- the catalog
@@ -110,6 +110,16 @@ SELECT isnt_strict('cqrs', f, a)
                ('drop_projection', ARRAY['text']), ('pause_projection', ARRAY['text']),
                ('resume_projection', ARRAY['text']), ('wait_for_projection', ARRAY['text', 'bigint', 'interval']),
                ('skip_event', ARRAY['text', 'bigint'])) AS v(f, a);
+
+-- administering projections runs code as their owners: not for PUBLIC;
+-- waiting for one is (append, take the position, wait, read)
+SELECT ok(NOT has_function_privilege('public', f, 'EXECUTE'), f || ' is not executable by PUBLIC')
+  FROM unnest(ARRAY['cqrs.create_projection(text, regproc, text, regclass[], text[], text[])',
+                    'cqrs.drop_projection(text)', 'cqrs.pause_projection(text)',
+                    'cqrs.resume_projection(text)', 'cqrs.skip_event(text, bigint)',
+                    'cqrs.process_projections(text, integer)']) f;
+SELECT ok(has_function_privilege('public', 'cqrs.wait_for_projection(text, bigint, interval)', 'EXECUTE'),
+          'cqrs.wait_for_projection is executable by PUBLIC');
 
 -- the sync trigger on the log
 SELECT has_trigger('cqrs', 'events', 'events_apply_sync_projections', 'the sync projection trigger exists');
