@@ -132,8 +132,9 @@ SELECT cqrs.create_projection(name => 'q', handler => 'noop', mode => 'deferred'
                               types => '{OrderPlaced,OrderPaid}');
 SELECT name, handler, mode, tables, categories, types, state FROM cqrs.projections ORDER BY name;
 SELECT cqrs.drop_projection('q');
--- NULL mode and NULL tables take the defaults
-SELECT cqrs.create_projection('r', 'noop', NULL, NULL);
+-- NULL tables take the default; a NULL mode is an error, not a silent 'sync'
+SELECT pg_temp.try($$SELECT cqrs.create_projection('r', 'noop', NULL, NULL)$$);
+SELECT cqrs.create_projection('r', 'noop', 'sync', NULL);
 SELECT name, mode, tables FROM cqrs.projections WHERE name = 'r';
 SELECT cqrs.drop_projection('r');
 
