@@ -870,11 +870,27 @@ CqrsApplyBatch(const char *name, int64 limit, CqrsBatchResult *result)
 	char	   *fail_message = NULL;
 	Tuplestorestate *store;
 	SkipSet    *skip;
+	List	   *l;
 	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
 	Datum		values[3];
 
 	memset(result, 0, sizeof(*result));
-	p = projection_get(name, true);
+
+	/*
+	 * RowExclusiveLock before the row lock: taking it only to move the
+	 * checkpoint would upgrade from the RowShareLock of FOR UPDATE and
+	 * deadlock with pause/drop, which hold ShareLock while they wait for
+	 * our row.
+	 */
+	(void) projections_lock(RowExclusiveLock);
+	l = projections_query("true", name, true);
+	if (l == NIL)
+	{
+		/* dropped since the caller listed it */
+		result->state = 'p';
+		return;
+	}
+	p = linitial(l);
 	result->state = p->state;
 	result->position = p->position;
 	if (p->sync || p->state != 'r')

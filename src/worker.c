@@ -45,6 +45,8 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "storage/lmgr.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -449,6 +451,24 @@ worker_attach(Oid dboid)
 }
 
 /*
+ * Lock the extension against DROP EXTENSION for the rest of the transaction,
+ * before any of its tables: DROP EXTENSION locks the extension first, so it
+ * then waits for us instead of holding a table we are about to need.
+ * Returns false when the extension is not (or no longer) installed.
+ */
+static bool
+worker_lock_extension(void)
+{
+	Oid			extoid = get_extension_oid("pg_cqrs", true);
+
+	if (!OidIsValid(extoid))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, extoid, 0, AccessShareLock);
+	/* it may have been dropped while we waited */
+	return OidIsValid(get_extension_oid("pg_cqrs", true));
+}
+
+/*
  * The running deferred projections of our database, or NIL; sets
  * *installed to whether the extension (with projections) is here at all.
  */
@@ -459,7 +479,7 @@ deferred_projection_names(MemoryContext cxt, bool *installed)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	*installed = OidIsValid(get_extension_oid("pg_cqrs", true));
+	*installed = worker_lock_extension();
 	if (*installed && OidIsValid(CqrsProjectionsRelid()))
 	{
 		int			rc;
@@ -503,14 +523,17 @@ worker_apply_one(const char *name)
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "pg_cqrs: SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, name);
-		CqrsApplyBatch(name, cqrs_batch_size, &r);
-		more = r.state == 'r' && r.examined >= cqrs_batch_size;
-		SPI_finish();
-		PopActiveSnapshot();
+		if (worker_lock_extension())
+		{
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "pg_cqrs: SPI_connect failed");
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pgstat_report_activity(STATE_RUNNING, name);
+			CqrsApplyBatch(name, cqrs_batch_size, &r);
+			more = r.state == 'r' && r.examined >= cqrs_batch_size;
+			SPI_finish();
+			PopActiveSnapshot();
+		}
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
 	}
