@@ -66,7 +66,8 @@ eventlog_relcache_callback(Datum arg, Oid relid)
 		relid == eventlog_oids.stream_version_idx ||
 		relid == eventlog_oids.id_idx ||
 		relid == eventlog_oids.position_seq ||
-		relid == eventlog_oids.projections)
+		relid == eventlog_oids.projections ||
+		relid == eventlog_oids.skipped_events)
 		eventlog_oids_valid = false;
 }
 
@@ -114,6 +115,7 @@ CqrsEventLog(void)
 		eventlog_oids.position_seq = eventlog_relid("events_position_seq", nspid);
 		/* absent until the extension is updated to 0.2.0 */
 		eventlog_oids.projections = get_relname_relid("projections", nspid);
+		eventlog_oids.skipped_events = get_relname_relid("skipped_events", nspid);
 		eventlog_oids_valid = true;
 	}
 	return &eventlog_oids;

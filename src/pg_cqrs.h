@@ -70,6 +70,7 @@ typedef struct CqrsEventLogOids
 	Oid			id_idx;			/* unique (id) */
 	Oid			position_seq;	/* cqrs.events_position_seq */
 	Oid			projections;	/* cqrs.projections, InvalidOid before 0.2.0 */
+	Oid			skipped_events; /* cqrs.skipped_events, likewise */
 } CqrsEventLogOids;
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
@@ -85,7 +86,8 @@ extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
 /* projection.c */
 typedef struct CqrsBatchResult
 {
-	char		state;			/* the projection's state afterwards */
+	char		state;			/* the projection's state afterwards, or 'b'
+								 * (busy) when nowait found it locked */
 	bool		failed;			/* a handler failed in this batch */
 	int64		examined;		/* events read from the log */
 	int64		applied;		/* events handed to the handler and kept */
@@ -95,7 +97,8 @@ typedef struct CqrsBatchResult
 
 extern Oid	CqrsProjectionsRelid(void);
 extern void CqrsLockProjectionsForAppend(void);
-extern void CqrsApplyBatch(const char *name, int64 limit, CqrsBatchResult *result);
+extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
+						   CqrsBatchResult *result);
 
 /* worker.c */
 extern void CqrsWorkerShmemRequest(void);

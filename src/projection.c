@@ -346,8 +346,16 @@ projection_from_row(HeapTuple tuple, TupleDesc desc)
  * snapshot: a caller that waited for a lock must see what the holder
  * committed, whatever its isolation level.
  */
+/* How projections_query locks the rows it returns. */
+typedef enum RowLock
+{
+	ROWS_UNLOCKED,
+	ROWS_FOR_UPDATE,
+	ROWS_FOR_UPDATE_SKIP_LOCKED
+} RowLock;
+
 static List *
-projections_query(const char *where, const char *name, bool for_update)
+projections_query(const char *where, const char *name, RowLock rowlock)
 {
 	StringInfoData sql;
 	Oid			argtypes[1] = {TEXTOID};
@@ -360,11 +368,12 @@ projections_query(const char *where, const char *name, bool for_update)
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT " PROJECTION_COLUMNS " FROM cqrs.projections WHERE %s%s ORDER BY name%s",
 					 where, name ? " AND name OPERATOR(pg_catalog.=) $1" : "",
-					 for_update ? " FOR UPDATE" : "");
+					 rowlock == ROWS_FOR_UPDATE ? " FOR UPDATE" :
+					 rowlock == ROWS_FOR_UPDATE_SKIP_LOCKED ? " FOR UPDATE SKIP LOCKED" : "");
 	values[0] = name ? CStringGetTextDatum(name) : (Datum) 0;
 
 	catalog_scope_enter(&scope);
-	if (for_update)
+	if (rowlock != ROWS_UNLOCKED)
 		rc = SPI_execute_with_args(sql.data, name ? 1 : 0, argtypes, values, NULL, false, 0);
 	else
 	{
@@ -390,7 +399,8 @@ projections_query(const char *where, const char *name, bool for_update)
 static Projection *
 projection_get(const char *name, bool for_update)
 {
-	List	   *l = projections_query("true", name, for_update);
+	List	   *l = projections_query("true", name,
+									  for_update ? ROWS_FOR_UPDATE : ROWS_UNLOCKED);
 
 	if (l == NIL)
 		ereport(ERROR,
@@ -691,7 +701,7 @@ sync_projections(Oid relid)
 			elog(ERROR, "pg_cqrs: SPI_connect failed");
 		oldcxt = MemoryContextSwitchTo(sync_cache_cxt);
 		l = projections_query("mode OPERATOR(pg_catalog.=) 'sync' AND state OPERATOR(pg_catalog.=) 'running'",
-							  NULL, false);
+							  NULL, ROWS_UNLOCKED);
 		MemoryContextSwitchTo(oldcxt);
 		SPI_finish();
 		sync_cache = l;
@@ -850,15 +860,19 @@ try_apply(Projection *p, Tuplestorestate *store, TupleDesc desc, SkipSet *skip,
  *		transaction (SPI connected).
  *
  * Locks the projection's row, so concurrent appliers take turns; reads the
- * checkpoint they left; applies events after it up to the safe position, at
- * most limit of them, in a subtransaction; moves the checkpoint.
+ * checkpoint they left.  With nowait (the worker) it waits for no lock at
+ * all and reports 'b'usy instead: the worker then never sits in a lock queue
+ * holding locks, so it can be part of no deadlock, with DROP EXTENSION or
+ * lifecycle calls that lock in another order.  Then it applies events after
+ * the checkpoint up to the safe position, at most limit of them, in a
+ * subtransaction, and moves the checkpoint.
  *
  * A handler error rolls the batch back.  The events before the failing one
  * are then applied again in a new subtransaction, so the checkpoint stops
  * just before the failing event; the projection is marked failed there.
  */
 void
-CqrsApplyBatch(const char *name, int64 limit, CqrsBatchResult *result)
+CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *result)
 {
 	Projection *p;
 	Relation	events;
@@ -882,12 +896,26 @@ CqrsApplyBatch(const char *name, int64 limit, CqrsBatchResult *result)
 	 * deadlock with pause/drop, which hold ShareLock while they wait for
 	 * our row.
 	 */
-	(void) projections_lock(RowExclusiveLock);
-	l = projections_query("true", name, true);
+	if (nowait)
+	{
+		const CqrsEventLogOids *oids = CqrsEventLog();
+
+		if (!ConditionalLockRelationOid(oids->projections, RowExclusiveLock) ||
+			!ConditionalLockRelationOid(oids->events, AccessShareLock) ||
+			!ConditionalLockRelationOid(oids->skipped_events, AccessShareLock))
+		{
+			result->state = 'b';
+			return;
+		}
+	}
+	else
+		(void) projections_lock(RowExclusiveLock);
+	l = projections_query("true", name,
+						  nowait ? ROWS_FOR_UPDATE_SKIP_LOCKED : ROWS_FOR_UPDATE);
 	if (l == NIL)
 	{
-		/* dropped since the caller listed it */
-		result->state = 'p';
+		/* dropped since the caller listed it, or (nowait) being applied */
+		result->state = nowait ? 'b' : 'p';
 		return;
 	}
 	p = linitial(l);
@@ -1099,7 +1127,7 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
-	if (projections_query("true", name, false) != NIL)
+	if (projections_query("true", name, ROWS_UNLOCKED) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("projection \"%s\" already exists", name)));
@@ -1355,7 +1383,7 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
 	projections = projections_query("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
-									only, false);
+									only, ROWS_UNLOCKED);
 	if (only != NULL && projections == NIL)
 		(void) projection_get(only, false); /* error if it does not exist */
 
@@ -1368,7 +1396,7 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 			CqrsBatchResult r;
 
 			CHECK_FOR_INTERRUPTS();
-			CqrsApplyBatch(p->name, Min(budget, (int64) cqrs_batch_size), &r);
+			CqrsApplyBatch(p->name, Min(budget, (int64) cqrs_batch_size), false, &r);
 			total += r.applied;
 			budget -= r.applied;
 			if (r.state != 'r' || r.position >= target)

@@ -45,7 +45,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "catalog/pg_extension.h"
 #include "storage/lmgr.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -451,36 +450,24 @@ worker_attach(Oid dboid)
 }
 
 /*
- * Lock the extension against DROP EXTENSION for the rest of the transaction,
- * before any of its tables: DROP EXTENSION locks the extension first, so it
- * then waits for us instead of holding a table we are about to need.
- * Returns false when the extension is not (or no longer) installed.
- */
-static bool
-worker_lock_extension(void)
-{
-	Oid			extoid = get_extension_oid("pg_cqrs", true);
-
-	if (!OidIsValid(extoid))
-		return false;
-	LockDatabaseObject(ExtensionRelationId, extoid, 0, AccessShareLock);
-	/* it may have been dropped while we waited */
-	return OidIsValid(get_extension_oid("pg_cqrs", true));
-}
-
-/*
  * The running deferred projections of our database, or NIL; sets
- * *installed to whether the extension (with projections) is here at all.
+ * *installed to whether the extension (with projections) is here at all,
+ * and *busy when the catalog is locked (by DROP EXTENSION, say): the worker
+ * never waits for a lock of the extension's (see CqrsApplyBatch).
  */
 static List *
-deferred_projection_names(MemoryContext cxt, bool *installed)
+deferred_projection_names(MemoryContext cxt, bool *installed, bool *busy)
 {
 	List	   *names = NIL;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	*installed = worker_lock_extension();
-	if (*installed && OidIsValid(CqrsProjectionsRelid()))
+	*installed = OidIsValid(get_extension_oid("pg_cqrs", true));
+	*busy = false;
+	if (*installed && OidIsValid(CqrsProjectionsRelid()) &&
+		!ConditionalLockRelationOid(CqrsProjectionsRelid(), AccessShareLock))
+		*busy = true;
+	else if (*installed && OidIsValid(CqrsProjectionsRelid()))
 	{
 		int			rc;
 
@@ -523,13 +510,13 @@ worker_apply_one(const char *name)
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		if (worker_lock_extension())
+		if (OidIsValid(get_extension_oid("pg_cqrs", true)))
 		{
 			if (SPI_connect() != SPI_OK_CONNECT)
 				elog(ERROR, "pg_cqrs: SPI_connect failed");
 			PushActiveSnapshot(GetTransactionSnapshot());
 			pgstat_report_activity(STATE_RUNNING, name);
-			CqrsApplyBatch(name, cqrs_batch_size, &r);
+			CqrsApplyBatch(name, cqrs_batch_size, true, &r);
 			more = r.state == 'r' && r.examined >= cqrs_batch_size;
 			SPI_finish();
 			PopActiveSnapshot();
@@ -571,6 +558,7 @@ cqrs_worker_main(Datum main_arg)
 	for (;;)
 	{
 		bool		installed;
+		bool		busy;
 		bool		more = false;
 		List	   *names;
 		ListCell   *lc;
@@ -583,14 +571,14 @@ cqrs_worker_main(Datum main_arg)
 		}
 
 		MemoryContextReset(pass_cxt);
-		names = deferred_projection_names(pass_cxt, &installed);
+		names = deferred_projection_names(pass_cxt, &installed, &busy);
 
 		/*
 		 * Nothing to do here: leave, rather than stay connected and make
 		 * DROP DATABASE fail.  Creating or resuming a deferred projection
 		 * wakes the launcher, which brings us back.
 		 */
-		if (!installed || names == NIL)
+		if (!installed || (names == NIL && !busy))
 			proc_exit(0);
 
 		foreach(lc, names)
