@@ -50,6 +50,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "pg_cqrs.h"
@@ -561,6 +562,7 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 	for (int i = 0; i < n; i++)
 	{
 		positions[i] = nextval_internal(seq, false);
+		CqrsHorizonNoteAllocated(positions[i]);
 		versions[i] = head_version + i + 1;
 		if (!evs[i].has_id)
 		{
@@ -576,6 +578,28 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 	result.version = versions[n - 1];
 	result.position = positions[n - 1];
 	return result;
+}
+
+/*
+ * The (version bigint, position bigint) row type of both append functions,
+ * built and blessed once per backend.
+ */
+static TupleDesc
+result_tupdesc(void)
+{
+	static TupleDesc tupdesc = NULL;
+
+	if (tupdesc == NULL)
+	{
+		MemoryContext oldcontext = MemoryContextSwitchTo(TopMemoryContext);
+		TupleDesc	desc = CreateTemplateTupleDesc(2);
+
+		TupleDescInitEntry(desc, 1, "version", INT8OID, -1, 0);
+		TupleDescInitEntry(desc, 2, "position", INT8OID, -1, 0);
+		tupdesc = BlessTupleDesc(desc);
+		MemoryContextSwitchTo(oldcontext);
+	}
+	return tupdesc;
 }
 
 /*
@@ -599,10 +623,8 @@ append_srf(FunctionCallInfo fcinfo, AppendResult (*work) (FunctionCallInfo))
 		funcctx = SRF_FIRSTCALL_INIT();
 		r = work(fcinfo);
 
+		tupdesc = result_tupdesc();
 		oldcontext = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "return type must be a row type");
-		tupdesc = BlessTupleDesc(tupdesc);
 		values[0] = Int64GetDatum(r.version);
 		values[1] = Int64GetDatum(r.position);
 		funcctx->user_fctx = heap_form_tuple(tupdesc, values, nulls);

@@ -17,9 +17,10 @@
  * every position it holds or will take, valid until its transaction ends.
  *
  * Protocol.  The appender, at its transaction's first append:
- *	 1. reads F = the highest position visible to a fresh snapshot; every
- *		visible position was handed out before now, so F < any position the
- *		sequence gives us from here on;
+ *	 1. reads F = the highest position appenders of its database have taken
+ *		so far (they note each one in shared memory after nextval; seeded
+ *		from the highest visible position); F < any position the sequence
+ *		gives us from here on;
  *	 2. publishes F in its slot, then a full memory barrier;
  *	 3. only then calls nextval.
  * and clears the slot from an xact callback, which runs after
@@ -64,6 +65,7 @@
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/snapmgr.h"
 
 #include "compat.h"
@@ -79,8 +81,27 @@ typedef struct CqrsAppendSlot
 	pg_atomic_uint32 dboid;
 } CqrsAppendSlot;
 
+/*
+ * The highest position appenders of one database have taken from its
+ * position sequence, as they report after each nextval.  It never exceeds
+ * the sequence's last value, so it is a valid floor for a position not yet
+ * taken, found without an index probe.  Keyed by the sequence's OID as well:
+ * a re-created extension starts its sequence again at 1, and a floor from
+ * the old one would be too high, which is unsafe (too low is only slow).
+ */
+#define CQRS_MAX_DATABASES 64
+
+typedef struct CqrsDbHead
+{
+	Oid			dboid;			/* InvalidOid: free */
+	Oid			seqoid;
+	pg_atomic_uint64 allocated;
+} CqrsDbHead;
+
 typedef struct CqrsHorizonShared
 {
+	slock_t		mutex;			/* protects claiming a CqrsDbHead */
+	CqrsDbHead	heads[CQRS_MAX_DATABASES];
 	int			nslots;
 	CqrsAppendSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } CqrsHorizonShared;
@@ -120,6 +141,13 @@ CqrsHorizonShmemStartup(void)
 	horizon = ShmemInitStruct("pg_cqrs horizon", horizon_shmem_size(), &found);
 	if (!found)
 	{
+		SpinLockInit(&horizon->mutex);
+		for (int i = 0; i < CQRS_MAX_DATABASES; i++)
+		{
+			horizon->heads[i].dboid = InvalidOid;
+			horizon->heads[i].seqoid = InvalidOid;
+			pg_atomic_init_u64(&horizon->heads[i].allocated, 0);
+		}
 		horizon->nslots = horizon_nslots();
 		for (int i = 0; i < horizon->nslots; i++)
 		{
@@ -164,6 +192,69 @@ my_slot(void)
 	return &horizon->slots[i];
 }
 
+/* Raise head->allocated to position, if below. */
+static void
+head_note(CqrsDbHead *head, int64 position)
+{
+	uint64		old = pg_atomic_read_u64(&head->allocated);
+
+	while (old < (uint64) position &&
+		   !pg_atomic_compare_exchange_u64(&head->allocated, &old, (uint64) position))
+		;
+}
+
+/*
+ * This database's CqrsDbHead for the given sequence, claimed if there is
+ * none and, given the log, seeded from it.  NULL when all are taken.
+ */
+static CqrsDbHead *
+db_head(Relation events, Oid seqoid)
+{
+	static CqrsDbHead *cached = NULL;
+	CqrsDbHead *head = NULL;
+
+	if (cached != NULL && cached->dboid == MyDatabaseId && cached->seqoid == seqoid)
+		return cached;
+
+	SpinLockAcquire(&horizon->mutex);
+	for (int i = 0; i < CQRS_MAX_DATABASES && head == NULL; i++)
+		if (horizon->heads[i].dboid == MyDatabaseId)
+			head = &horizon->heads[i];
+	for (int i = 0; i < CQRS_MAX_DATABASES && head == NULL; i++)
+		if (horizon->heads[i].dboid == InvalidOid)
+			head = &horizon->heads[i];
+	if (head != NULL && (head->dboid != MyDatabaseId || head->seqoid != seqoid))
+	{
+		/* new, or the extension was re-created: start from nothing */
+		head->dboid = MyDatabaseId;
+		head->seqoid = seqoid;
+		pg_atomic_write_u64(&head->allocated, 0);
+	}
+	SpinLockRelease(&horizon->mutex);
+
+	/* Seed it from the log; a floor of 0 would hold readers back. */
+	if (head != NULL && events != NULL && pg_atomic_read_u64(&head->allocated) == 0)
+		head_note(head, CqrsMaxPosition(events, GetLatestSnapshot()));
+	cached = head;
+	return head;
+}
+
+/*
+ * CqrsHorizonNoteAllocated
+ *		Record a position just taken from the sequence (after nextval).
+ */
+void
+CqrsHorizonNoteAllocated(int64 position)
+{
+	CqrsDbHead *head;
+
+	if (horizon == NULL)
+		return;
+	head = db_head(NULL, CqrsEventLog()->position_seq);
+	if (head != NULL)
+		head_note(head, position);
+}
+
 /*
  * CqrsHorizonBeginAppend
  *		Publish this transaction's floor, once, before it takes a position.
@@ -175,12 +266,21 @@ void
 CqrsHorizonBeginAppend(Relation events)
 {
 	CqrsAppendSlot *slot;
+	CqrsDbHead *head;
 	int64		floor;
 
 	if (horizon == NULL || floor_published)
 		return;
 
-	floor = CqrsMaxPosition(events, GetLatestSnapshot());
+	/*
+	 * The highest position taken so far: our nextval will be above it.
+	 * Without a free CqrsDbHead, the highest visible position serves too.
+	 */
+	head = db_head(events, CqrsEventLog()->position_seq);
+	if (head != NULL)
+		floor = (int64) pg_atomic_read_u64(&head->allocated);
+	else
+		floor = CqrsMaxPosition(events, GetLatestSnapshot());
 
 	slot = my_slot();
 	pg_atomic_write_u32(&slot->dboid, MyDatabaseId);

@@ -59,6 +59,7 @@ extern void CqrsHorizonInit(void);
 extern bool CqrsHorizonAvailable(void);
 extern void CqrsRequireHorizon(void);
 extern void CqrsHorizonBeginAppend(Relation events);
+extern void CqrsHorizonNoteAllocated(int64 position);
 extern int64 CqrsSafePosition(Relation events);
 
 /* eventlog.c */
