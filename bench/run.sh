@@ -15,7 +15,10 @@
 #   BENCH_QUICK=1   same as --quick
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
-#                   single,multi,batch,race          (default all)
+#                   single,multi,batch,race,sync,deferred,lag
+#                                                     (default all)
+#   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
+#   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
 #   BENCH_SHARED_BUFFERS                              (default 1GB)
 #   BENCH_LOG_DIR   where every pgbench output is kept (default a new
 #                   /tmp/pg_cqrs_bench.XXXXXX)
@@ -47,7 +50,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -59,7 +62,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race) ;;
+	case $g in single|multi|batch|race|sync|deferred|lag) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -153,11 +156,12 @@ side_script() {
 		raw_batch) echo raw_batch.sql ;;
 		race_append) echo race_append.sql ;;
 		race_plpgsql) echo race_plpgsql.sql ;;
+		sync_projection|sync_trigger) echo append.sql ;;
 	esac
 }
 side_table() {
 	case $1 in
-		append|append_events|race_append) echo cqrs.events ;;
+		append|append_events|race_append|sync_*) echo cqrs.events ;;
 		raw|raw_batch) echo bench.raw_events ;;
 		plpgsql|race_plpgsql) echo bench.pl_events ;;
 	esac
@@ -169,14 +173,16 @@ side_rows() {
 	esac
 }
 side_needs_cqrs() {
-	case $1 in append|append_events|race_append) return 0 ;; *) return 1 ;; esac
+	case $1 in append|append_events|race_append|sync_*) return 0 ;; *) return 1 ;; esac
 }
 
 # Everything back to empty, then a CHECKPOINT so that every run starts with
 # clean buffers and pays the same full-page writes.
 reset_state() {
 	{
+		echo 'SET client_min_messages = warning;'
 		if [ -z "$BASELINE_ONLY" ]; then
+			echo 'DROP SCHEMA IF EXISTS bench_proj CASCADE;'
 			echo 'DROP EXTENSION pg_cqrs;'
 			echo 'CREATE EXTENSION pg_cqrs;'
 		fi
@@ -215,6 +221,8 @@ run_side() {
 		echo "  WARNING: pg_cqrs was reinstalled from elsewhere during the bench; later runs use that build"
 	fi
 	reset_state
+	projection_side_setup "$side"
+	cqrs_psql -c CHECKPOINT >/dev/null
 	if cqrs_as_owner "$CQRS_BINDIR/pgbench" -n -M prepared -c "$clients" -j "$threads" \
 			-T "$RUN_SECONDS" "${args[@]}" -f "$SCRIPTS/$(side_script "$side")" \
 			>"$log" 2>&1; then
@@ -238,6 +246,7 @@ run_side() {
 	if [ "$rows" != "$want_rows" ]; then
 		echo "  WARNING: $side wrote $rows rows for $processed transactions (expected $want_rows)"
 	fi
+	projection_side_check "$side"
 
 	TPS[$key]="${TPS[$key]:-} $tps"
 	PROCESSED[$key]="${PROCESSED[$key]:-} $processed"
@@ -294,11 +303,19 @@ paired() { # shellcheck disable=SC2086
 			}'
 }
 
+# shellcheck source=bench/projections.sh
+source "$BENCH_DIR/projections.sh"
+
 start=$(date +%s)
 want single && run_group single 1 append raw plpgsql
 want multi && run_group multi "$CLIENTS" append raw plpgsql
 want batch && run_group batch 1 append_events raw_batch
 want race && run_group race "$CLIENTS" race_append race_plpgsql
+if [ -z "$BASELINE_ONLY" ]; then
+	want sync && run_group sync "$CLIENTS" sync_projection sync_trigger
+	want deferred && run_deferred_group
+	want lag && run_lag
+fi
 elapsed=$(($(date +%s) - start))
 
 #
@@ -347,6 +364,14 @@ if want race; then
 	row 4 "race on $RACE_STREAMS streams: cqrs vs PL/pgSQL store" "$CLIENTS" \
 		race/race_append race/race_plpgsql tps
 fi
+if want sync && [ -z "$BASELINE_ONLY" ]; then
+	row 5 'append + sync projection vs PL/pgSQL trigger' "$CLIENTS" \
+		sync/sync_projection sync/sync_trigger tps 0.95
+fi
+if want deferred && [ -z "$BASELINE_ONLY" ]; then
+	row 6 'deferred: worker vs SELECT handler(e) loop' 1 \
+		deferred/worker deferred/plain_loop ev/s 0.80
+fi
 
 if want race; then
 	echo
@@ -369,6 +394,13 @@ if want race; then
 		printf '   %-14s %10s %12s %16s %14s %8s %14s\n' \
 			"${s#race_}" "$(fmt_num "$(med "$k")")" "$c" "$rt" "$rs" "$f" "$rate"
 	done
+fi
+
+if want lag && [ -z "$BASELINE_ONLY" ]; then
+	echo
+	echo "7  lag of a deferred projection while $CLIENTS clients append for ${LAG_SECONDS}s" \
+		"(lag_seconds sampled every 100 ms: $LAG_SAMPLES samples; appends $(fmt_num "$LAG_TPS") tps)"
+	echo "   p50 ${LAG_P50}s   p99 ${LAG_P99}s   max ${LAG_MAX}s"
 fi
 
 echo
