@@ -90,6 +90,8 @@ typedef struct CqrsWorkerShared
 	slock_t		mutex;
 	int			launcher_procno;	/* -1 while no launcher runs */
 	pg_atomic_uint32 wake_requested;	/* set by cqrs.wake_launcher() */
+	Oid			idle_exits[CQRS_MAX_WORKERS];	/* databases whose worker left
+												 * for want of work */
 	ConditionVariable progress;
 	CqrsDbWorker workers[CQRS_MAX_WORKERS];
 } CqrsWorkerShared;
@@ -128,7 +130,10 @@ CqrsWorkerShmemStartup(void)
 		pg_atomic_init_u32(&workers->wake_requested, 0);
 		ConditionVariableInit(&workers->progress);
 		for (int i = 0; i < CQRS_MAX_WORKERS; i++)
+		{
 			workers->workers[i].dboid = InvalidOid;
+			workers->idle_exits[i] = InvalidOid;
+		}
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -253,6 +258,48 @@ CqrsWaitForProgressDone(void)
  * ----------------------------------------------------------------
  */
 
+/*
+ * Idle exits.  A worker that leaves because its database has nothing for it
+ * records so; the launcher then starts it again only when woken (or after
+ * LAUNCHER_RECHECK).  A worker that went away otherwise (terminated by an
+ * administrator, failed) is replaced at once.
+ */
+static void
+set_idle_exit(Oid dboid, bool idle)
+{
+	int			free_slot = -1;
+
+	SpinLockAcquire(&workers->mutex);
+	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
+	{
+		if (workers->idle_exits[i] == dboid)
+		{
+			if (!idle)
+				workers->idle_exits[i] = InvalidOid;
+			SpinLockRelease(&workers->mutex);
+			return;
+		}
+		if (free_slot < 0 && workers->idle_exits[i] == InvalidOid)
+			free_slot = i;
+	}
+	if (idle && free_slot >= 0)
+		workers->idle_exits[free_slot] = dboid;
+	SpinLockRelease(&workers->mutex);
+}
+
+static bool
+exited_idle(Oid dboid)
+{
+	bool		idle = false;
+
+	SpinLockAcquire(&workers->mutex);
+	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
+		if (workers->idle_exits[i] == dboid)
+			idle = true;
+	SpinLockRelease(&workers->mutex);
+	return idle;
+}
+
 typedef struct LaunchedDb
 {
 	Oid			dboid;
@@ -376,14 +423,24 @@ cqrs_launcher_main(Datum main_arg)
 				GetBackgroundWorkerPid(entry->handle, &pid) != BGWH_STOPPED)
 				continue;		/* running, or about to */
 			/*
-			 * It exited: no extension, or nothing to do.  Start it again when
-			 * somebody asked since it started, or after a long while.  (Its
-			 * exit also sets our latch, through bgw_notify_pid; that alone
-			 * must not restart it, or idle databases would churn.)
+			 * It exited for want of work (no extension, no running deferred
+			 * projection): start it again when somebody asked since it
+			 * started, or after a long while.  (Its exit also sets our latch,
+			 * through bgw_notify_pid; that alone must not restart it, or idle
+			 * databases would churn.)  Any other exit: at once, but not more
+			 * than once a second.
 			 */
-			if (entry->handle != NULL && last_wake < entry->started_at &&
+			if (entry->handle != NULL && exited_idle(dboid) &&
+				last_wake < entry->started_at &&
 				!TimestampDifferenceExceeds(entry->started_at, now, LAUNCHER_RECHECK_MS))
 				continue;
+			if (entry->handle != NULL && !exited_idle(dboid) &&
+				!TimestampDifferenceExceeds(entry->started_at, now, 1000))
+			{
+				nap = 1000;
+				continue;
+			}
+			set_idle_exit(dboid, false);
 
 			if (entry->handle != NULL)
 				pfree(entry->handle);
@@ -550,7 +607,11 @@ cqrs_worker_main(Datum main_arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
 	if (!worker_attach(dboid))
+	{
+		/* another worker serves this database: let the launcher wait */
+		set_idle_exit(dboid, true);
 		proc_exit(0);
+	}
 	pgstat_report_appname("pg_cqrs worker");
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "pg_cqrs worker pass",
@@ -579,7 +640,10 @@ cqrs_worker_main(Datum main_arg)
 		 * wakes the launcher, which brings us back.
 		 */
 		if (!installed || (names == NIL && !busy))
+		{
+			set_idle_exit(dboid, true);
 			proc_exit(0);
+		}
 
 		foreach(lc, names)
 			more |= worker_apply_one((const char *) lfirst(lc));
