@@ -79,6 +79,7 @@ typedef struct CqrsAppendSlot
 {
 	pg_atomic_uint64 floor;
 	pg_atomic_uint32 dboid;
+	pg_atomic_uint32 xid;		/* the appending top-level transaction */
 } CqrsAppendSlot;
 
 /*
@@ -153,6 +154,7 @@ CqrsHorizonShmemStartup(void)
 		{
 			pg_atomic_init_u64(&horizon->slots[i].floor, 0);
 			pg_atomic_init_u32(&horizon->slots[i].dboid, InvalidOid);
+			pg_atomic_init_u32(&horizon->slots[i].xid, InvalidTransactionId);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -284,6 +286,8 @@ CqrsHorizonBeginAppend(Relation events)
 
 	slot = my_slot();
 	pg_atomic_write_u32(&slot->dboid, MyDatabaseId);
+	/* so that a reader held back by us can wait for us (below) */
+	pg_atomic_write_u32(&slot->xid, XidFromFullTransactionId(GetTopFullTransactionId()));
 	pg_write_barrier();
 	pg_atomic_write_u64(&slot->floor, (uint64) floor + 1);
 	floor_published = true;
@@ -344,6 +348,39 @@ CqrsSafePosition(Relation events)
 	}
 
 	return safe;
+}
+
+/*
+ * CqrsHorizonHolder
+ *		A transaction of another backend of this database whose floor is
+ *		below position, or InvalidTransactionId if there is none.
+ *
+ * A reader that must get past position waits for that transaction with
+ * XactLockTableWait rather than by polling, so that the deadlock detector
+ * sees the wait: the holder may itself be waiting for the reader (for a
+ * stream lock, say).
+ */
+TransactionId
+CqrsHorizonHolder(int64 position)
+{
+	if (horizon == NULL)
+		return InvalidTransactionId;
+	for (int i = 0; i < horizon->nslots; i++)
+	{
+		CqrsAppendSlot *slot = &horizon->slots[i];
+		uint64		f;
+
+		if (i == CqrsMyProcIndex())
+			continue;
+		f = pg_atomic_read_u64(&slot->floor);
+		if (f == 0 || (int64) (f - 1) >= position)
+			continue;
+		pg_read_barrier();
+		if (pg_atomic_read_u32(&slot->dboid) != MyDatabaseId)
+			continue;
+		return (TransactionId) pg_atomic_read_u32(&slot->xid);
+	}
+	return InvalidTransactionId;
 }
 
 /*

@@ -60,6 +60,7 @@ extern bool CqrsHorizonAvailable(void);
 extern void CqrsRequireHorizon(void);
 extern void CqrsHorizonBeginAppend(Relation events);
 extern void CqrsHorizonNoteAllocated(int64 position);
+extern TransactionId CqrsHorizonHolder(int64 position);
 extern int64 CqrsSafePosition(Relation events);
 
 /* eventlog.c */

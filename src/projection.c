@@ -1373,6 +1373,11 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_events must not be negative")));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("cqrs.process_projections() must run at READ COMMITTED"),
+				 errdetail("It moves checkpoints the background worker moves too, which a REPEATABLE READ or SERIALIZABLE transaction cannot follow.")));
 	(void) projections_lock(RowExclusiveLock);
 	CqrsRequireHorizon();
 
@@ -1403,10 +1408,21 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 				break;
 			if (r.examined == 0)
 			{
-				/* an append below target is still in flight: let it finish */
-				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 10, PG_WAIT_EXTENSION);
-				ResetLatch(MyLatch);
+				/*
+				 * An append below target is still in flight: wait for its
+				 * transaction, visibly to the deadlock detector (it may be
+				 * waiting for us).  If it just ended, look again at once.
+				 */
+				TransactionId holder = CqrsHorizonHolder(r.position + 1);
+
+				if (TransactionIdIsValid(holder))
+					XactLockTableWait(holder, NULL, NULL, XLTW_None);
+				else
+				{
+					(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+									 10, PG_WAIT_EXTENSION);
+					ResetLatch(MyLatch);
+				}
 			}
 		}
 	}
