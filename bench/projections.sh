@@ -5,8 +5,10 @@
 #             from a hand-written PL/pgSQL AFTER INSERT row trigger (pgbench,
 #             $CLIENTS clients, alternated like the other groups)
 #   deferred  events/s the worker applies catching up on $DEFERRED_EVENTS
-#             events vs one SELECT handler(e) FROM cqrs.events ORDER BY
-#             position over the same events (alternated rounds)
+#             events (from create_projection to the checkpoint reaching the
+#             head, which includes starting the worker) vs one SELECT
+#             handler(e) FROM cqrs.events ORDER BY position over the same
+#             events (alternated rounds)
 #   lag       lag_seconds of a deferred projection sampled every 100 ms
 #             while $CLIENTS clients append for $LAG_SECONDS s: p50, p99, max
 
@@ -38,13 +40,10 @@ projection_side_check() {
 		echo "  WARNING: $1 counted $counted of $events events"
 }
 
-# Seconds (fractional) since the epoch, from the server's clock.
-server_now() { cqrs_psql -tAc "SELECT extract(epoch FROM clock_timestamp())"; }
-
 # One round of the deferred group: load the log, then time one side.
 # Records events/s in TPS[deferred/<side>].
 run_deferred_side() {
-	local side=$1 round=$2 t0 t1 rate head counted
+	local side=$1 round=$2 elapsed rate head counted
 	reset_state
 	cqrs_psql -f "$SCRIPTS/projection_setup.sql" >/dev/null
 	# 1000 streams of DEFERRED_EVENTS/1000 events, appended in batches
@@ -54,20 +53,30 @@ run_deferred_side() {
 			   FROM generate_series(1, $DEFERRED_EVENTS / 1000) i))" >/dev/null
 	cqrs_psql -c 'VACUUM ANALYZE cqrs.events' -c 'CHECKPOINT' >/dev/null
 	head=$(cqrs_psql -tAc "SELECT max(position) FROM cqrs.events")
+	# Timed inside one session, from the server's clock: starting psql
+	# processes to poll would cost more than what is measured.
 	case $side in
 		worker)
-			t0=$(server_now)
-			cqrs_psql -c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}')" >/dev/null
-			for _ in $(seq 6000); do
-				[ "$(cqrs_psql -tAc "SELECT position >= $head FROM cqrs.projection_status WHERE name = 'counts'")" = t ] && break
-				sleep 0.02
-			done
-			t1=$(server_now)
+			elapsed=$(cqrs_psql -tA <<SQL | tail -n 1
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \\gset
+SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}');
+DO \$\$ BEGIN
+  FOR i IN 1 .. 60000 LOOP
+    EXIT WHEN (SELECT position >= $head FROM cqrs.projection_status WHERE name = 'counts');
+    PERFORM pg_sleep(0.002);
+  END LOOP;
+END \$\$;
+SELECT extract(epoch FROM clock_timestamp()) - :t0;
+SQL
+			)
 			;;
 		plain_loop)
-			t0=$(server_now)
-			cqrs_psql -c "SELECT count(bench_proj.count_event(e)) FROM (SELECT e FROM cqrs.events e ORDER BY position) s" >/dev/null
-			t1=$(server_now)
+			elapsed=$(cqrs_psql -tA <<SQL | tail -n 1
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \\gset
+SELECT count(bench_proj.count_event(e)) FROM (SELECT e FROM cqrs.events e ORDER BY position) s;
+SELECT extract(epoch FROM clock_timestamp()) - :t0;
+SQL
+			)
 			;;
 	esac
 	counted=$(cqrs_psql -tAc "SELECT coalesce(sum(n), 0) FROM bench_proj.stream_counts")
@@ -77,7 +86,7 @@ run_deferred_side() {
 		TPS[deferred/$side]="${TPS[deferred/$side]:-} NA"
 		return 0
 	fi
-	rate=$(awk -v n="$DEFERRED_EVENTS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
+	rate=$(awk -v n="$DEFERRED_EVENTS" -v e="$elapsed" 'BEGIN { printf "%.1f", n / e }')
 	TPS[deferred/$side]="${TPS[deferred/$side]:-} $rate"
 	printf '  %-6s round %d  %-14s       %10.1f events/s\n' deferred "$round" "$side" "$rate"
 }

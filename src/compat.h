@@ -40,4 +40,20 @@
 	index_beginscan((heap), (index), (snapshot), (nkeys), 0)
 #endif
 
+/* PG16 folded pg_proc_aclcheck() into object_aclcheck(). */
+#if PG_VERSION_NUM >= 160000
+#define cqrs_proc_aclcheck(procoid, roleid, mode) \
+	object_aclcheck(ProcedureRelationId, (procoid), (roleid), (mode))
+#else
+#define cqrs_proc_aclcheck(procoid, roleid, mode) \
+	pg_proc_aclcheck((procoid), (roleid), (mode))
+#endif
+
+/* PG17 taught RelationGetPrimaryKeyIndex() about deferrable keys. */
+#if PG_VERSION_NUM >= 170000
+#define CqrsRelationGetPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex((rel), false)
+#else
+#define CqrsRelationGetPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel)
+#endif
+
 #endif							/* PG_CQRS_COMPAT_H */

@@ -1006,7 +1006,7 @@ check_handler(Oid handler)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("function with OID %u does not exist", handler)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
-	if (pg_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+	if (cqrs_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for function %s", format_procedure(handler)),
@@ -1067,7 +1067,7 @@ check_tables(ArrayType *tables)
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied for table %s", RelationGetRelationName(rel)),
 					 errdetail("The projection's owner must be able to SELECT, INSERT, UPDATE and DELETE its read tables.")));
-		if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		if (!OidIsValid(CqrsRelationGetPrimaryKeyIndex(rel)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
 					 errmsg("read table \"%s\" has no primary key", RelationGetRelationName(rel)),

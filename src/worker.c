@@ -614,6 +614,16 @@ cqrs_worker_main(Datum main_arg)
 	}
 	pgstat_report_appname("pg_cqrs worker");
 
+	/*
+	 * Nobody waits for the worker's commits, and a batch is atomic with its
+	 * checkpoint: if a crash loses a commit that was not yet flushed, both
+	 * go, and the batch is applied again after the restart.  So, as
+	 * logical replication's apply workers do by default, commit without
+	 * waiting for the WAL flush.  (The handlers' effects become visible at
+	 * commit, as always.)
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "pg_cqrs worker pass",
 									 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
