@@ -145,6 +145,8 @@ static bool projections_callback_registered = false;
 static Oid	projections_relid = InvalidOid;
 
 
+static void spi_connect(void);
+
 /* ----------------------------------------------------------------
  * The catalog
  * ----------------------------------------------------------------
@@ -435,6 +437,35 @@ projection_update(const char *name, const char *set, int nargs, Oid *argtypes, D
 		elog(ERROR, "pg_cqrs: updating projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
 }
 
+static void
+spi_connect(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "pg_cqrs: SPI_connect failed");
+}
+
+/* Move a projection's checkpoint. */
+static void
+set_position(const char *name, int64 position)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	values[0] = Int64GetDatum(position);
+	projection_update(name, "\"position\" = $2", 1, types, values, NULL);
+}
+
+/*
+ * Have a deferred projection's applier look at it: the database's worker,
+ * or, at commit, the launcher if the database has none yet.
+ */
+static void
+wake_appliers(void)
+{
+	CqrsWakeWorker(MyDatabaseId);
+	CqrsWakeLauncherAtCommit();
+}
+
 /* ----------------------------------------------------------------
  * Running handlers
  * ----------------------------------------------------------------
@@ -697,8 +728,7 @@ sync_projections(Oid relid)
 		MemoryContextReset(sync_cache_cxt);
 		sync_cache = NIL;
 
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "pg_cqrs: SPI_connect failed");
+		spi_connect();
 		oldcxt = MemoryContextSwitchTo(sync_cache_cxt);
 		l = projections_query("mode OPERATOR(pg_catalog.=) 'sync' AND state OPERATOR(pg_catalog.=) 'running'",
 							  NULL, ROWS_UNLOCKED);
@@ -746,15 +776,15 @@ cqrs_apply_sync_projections(PG_FUNCTION_ARGS)
 
 /*
  * Bring a sync projection from its position up to the head of the log,
- * inside the caller's transaction.  The caller holds ShareLock on
- * cqrs.projections, so the head is final and nothing is being appended.
+ * inside the caller's transaction, and return the head, its new position.
+ * The caller holds ShareLock on cqrs.projections, so the head is final and
+ * nothing is being appended.
  */
 static int64
 sync_catch_up(Projection *p)
 {
 	Relation	events = CqrsOpenEventLog(AccessShareLock);
 	int64		head = CqrsMaxPosition(events, GetLatestSnapshot());
-	int64		applied = 0;
 	int64		after = p->position;
 
 	while (after < head)
@@ -765,13 +795,13 @@ sync_catch_up(Projection *p)
 
 		if (n == 0)
 			break;
-		applied += apply_tuplestore(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
+		(void) apply_tuplestore(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
 		tuplestore_end(store);
 		after = last;
 	}
 	table_close(events, NoLock);
 	p->position = head;
-	return applied;
+	return head;
 }
 
 /* ----------------------------------------------------------------
@@ -941,8 +971,7 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 
 	if (try_apply(p, store, desc, skip, PG_INT64_MAX, &applied, &fail_position, &fail_message))
 	{
-		values[0] = Int64GetDatum(last);
-		projection_update(name, "\"position\" = $2", 1, types, values, NULL);
+		set_position(name, last);
 		result->applied = applied;
 		result->position = last;
 	}
@@ -1125,8 +1154,7 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	/* Sync: no append may hold a position while we look at the head. */
 	relid = projections_lock(sync ? ShareLock : RowExclusiveLock);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	spi_connect();
 	if (projections_query("true", name, ROWS_UNLOCKED) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -1151,20 +1179,11 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 
 	if (sync)
 	{
-		Oid			types[1] = {INT8OID};
-		Datum		vals[1];
-
 		p = projection_get(name, false);
-		sync_catch_up(p);
-		vals[0] = Int64GetDatum(p->position);
-		projection_update(name, "\"position\" = $2", 1, types, vals, NULL);
+		set_position(name, sync_catch_up(p));
 	}
 	else
-	{
-		/* the worker, or the launcher if this database has none yet */
-		CqrsWakeWorker(MyDatabaseId);
-		CqrsWakeLauncherAtCommit();
-	}
+		wake_appliers();
 
 	SPI_finish();
 	projections_changed(relid);
@@ -1185,8 +1204,7 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	int			rc;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	spi_connect();
 	values[0] = CStringGetTextDatum(name);
 	rc = catalog_execute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, values, NULL, false);
@@ -1215,8 +1233,7 @@ cqrs_pause_projection(PG_FUNCTION_ARGS)
 	Oid			relid = projections_lock(ShareLock);
 	Projection *p;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	spi_connect();
 	p = projection_get(name, true);
 	if (p->state != 'p')
 	{
@@ -1251,27 +1268,16 @@ cqrs_resume_projection(PG_FUNCTION_ARGS)
 	Oid			relid = projections_lock(ShareLock);
 	Projection *p;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	spi_connect();
 	p = projection_get(name, true);
 	if (p->state != 'r')
 	{
 		projection_update(name, "state = 'running', last_error = NULL, error_position = NULL",
 						  0, NULL, NULL, NULL);
 		if (p->sync)
-		{
-			Oid			types[1] = {INT8OID};
-			Datum		values[1];
-
-			sync_catch_up(p);
-			values[0] = Int64GetDatum(p->position);
-			projection_update(name, "\"position\" = $2", 1, types, values, NULL);
-		}
+			set_position(name, sync_catch_up(p));
 		else
-		{
-			CqrsWakeWorker(MyDatabaseId);
-			CqrsWakeLauncherAtCommit();
-		}
+			wake_appliers();
 	}
 	SPI_finish();
 	projections_changed(relid);
@@ -1302,8 +1308,7 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 	position = PG_GETARG_INT64(1);
 	relid = projections_lock(RowExclusiveLock);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	spi_connect();
 	p = projection_get(name, true);
 	if (p->sync)
 		ereport(ERROR,
@@ -1344,8 +1349,7 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 					  1, &argtypes[1], &values[1], NULL);
 	SPI_finish();
 	projections_changed(relid);
-	CqrsWakeWorker(MyDatabaseId);
-	CqrsWakeLauncherAtCommit();
+	wake_appliers();
 	PG_RETURN_VOID();
 }
 
@@ -1385,8 +1389,7 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 	target = CqrsMaxPosition(events, GetLatestSnapshot());
 	table_close(events, NoLock);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	spi_connect();
 	projections = projections_query("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
 									only, ROWS_UNLOCKED);
 	if (only != NULL && projections == NIL)
@@ -1441,8 +1444,7 @@ projection_progress(const char *name, char *state)
 	Projection *p;
 	int64		position;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	spi_connect();
 	p = projection_get(name, false);
 	position = p->position;
 	*state = p->state;
