@@ -44,6 +44,19 @@ CREATE TABLE cqrs.skipped_events (
 );
 COMMENT ON TABLE cqrs.skipped_events IS 'events a projection was told to skip with cqrs.skip_event';
 
+-- A projection that may have become runnable (created, resumed, or
+-- restored by pg_restore's COPY) needs a worker in its database: have the
+-- launcher look when the transaction commits.  Not on checkpoint moves.
+CREATE FUNCTION cqrs.projections_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cqrs_projections_changed'
+LANGUAGE C;
+
+CREATE TRIGGER projections_wake_launcher
+    AFTER INSERT OR UPDATE OF state ON cqrs.projections
+    FOR EACH STATEMENT EXECUTE FUNCTION cqrs.projections_changed();
+ALTER TABLE cqrs.projections ENABLE ALWAYS TRIGGER projections_wake_launcher;
+
 SELECT pg_catalog.pg_extension_config_dump('cqrs.projections', '');
 SELECT pg_catalog.pg_extension_config_dump('cqrs.skipped_events', '');
 

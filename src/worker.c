@@ -45,6 +45,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/trigger.h"
 #include "storage/lmgr.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -204,6 +205,27 @@ void
 CqrsWakeLauncherAtCommit(void)
 {
 	wake_launcher_at_commit = true;
+}
+
+/*
+ * cqrs.projections_changed() RETURNS trigger
+ *
+ * AFTER INSERT OR UPDATE OF state ON cqrs.projections, per statement: a
+ * deferred projection may have become runnable, including through
+ * pg_restore, which bypasses the lifecycle functions.
+ */
+PG_FUNCTION_INFO_V1(cqrs_projections_changed);
+
+Datum
+cqrs_projections_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("cqrs.projections_changed() must be called as a trigger")));
+	CqrsWakeWorker(MyDatabaseId);
+	wake_launcher_at_commit = true;
+	return PointerGetDatum(NULL);
 }
 
 /*
@@ -613,16 +635,6 @@ cqrs_worker_main(Datum main_arg)
 		proc_exit(0);
 	}
 	pgstat_report_appname("pg_cqrs worker");
-
-	/*
-	 * Nobody waits for the worker's commits, and a batch is atomic with its
-	 * checkpoint: if a crash loses a commit that was not yet flushed, both
-	 * go, and the batch is applied again after the restart.  So, as
-	 * logical replication's apply workers do by default, commit without
-	 * waiting for the WAL flush.  (The handlers' effects become visible at
-	 * commit, as always.)
-	 */
-	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "pg_cqrs worker pass",
 									 ALLOCSET_DEFAULT_SIZES);
