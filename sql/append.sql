@@ -6,22 +6,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 -- The first append to a stream is version 1; positions restart with the
 -- extension, so they are deterministic here.
 SELECT * FROM cqrs.append('order-1', 'OrderPlaced', '{"total": 10}');
@@ -64,7 +48,7 @@ SELECT * FROM cqrs.append('order-4', 'ItemAdded', '{}', NULL, 1);
 -- a mismatch is a serialization failure naming the stream and both versions
 SELECT * FROM cqrs.append('order-1', 'ItemAdded', '{}', expected_version => 4);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('stale',            $$SELECT cqrs.append('order-1', 'T', '{}', expected_version => 3)$$),
     ('ahead',            $$SELECT cqrs.append('order-1', 'T', '{}', expected_version => 10)$$),
     ('0 on existing',    $$SELECT cqrs.append('order-1', 'T', '{}', expected_version => 0)$$),
@@ -76,7 +60,7 @@ SELECT label, pg_temp.try(cmd) FROM (VALUES
 --
 -- bad input
 --
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('NULL stream',           $$SELECT cqrs.append(NULL, 'T', '{}')$$),
     ('NULL type',             $$SELECT cqrs.append('order-1', NULL, '{}')$$),
     ('NULL data',             $$SELECT cqrs.append('order-1', 'T', NULL)$$),

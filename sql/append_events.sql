@@ -6,22 +6,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 -- a batch returns its last event; metadata and id are optional
 SELECT * FROM cqrs.append_events('order-1', '[
     {"type": "OrderPlaced", "data": {"total": 10}},
@@ -52,7 +36,7 @@ SELECT * FROM cqrs.append_events('order-3', '[{"type": "A", "data": {}}, {"type"
 SELECT * FROM cqrs.append_events('order-3', '[{"type": "C", "data": {}}, {"type": "D", "data": {}}]',
                                  expected_version => 2);
 SELECT * FROM cqrs.append_events('order-3', '[{"type": "E", "data": {}}]', NULL);
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('0 on existing',  $$SELECT cqrs.append_events('order-3', '[{"type": "X", "data": {}}]', 0)$$),
     ('stale',          $$SELECT cqrs.append_events('order-3', '[{"type": "X", "data": {}}]', 4)$$),
     ('version after',  $$SELECT cqrs.append_events('order-3', '[{"type": "X", "data": {}}, {"type": "Y", "data": {}}]', 7)$$),
@@ -65,7 +49,7 @@ SELECT cqrs.stream_version('order-3'), cqrs.stream_version('order-9');
 -- bad batches: a clear error, and nothing of the batch is written
 --
 SELECT count(*) AS events_before FROM cqrs.events \gset
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('NULL stream',         $$SELECT cqrs.append_events(NULL, '[{"type": "T", "data": {}}]')$$),
     ('empty stream',        $$SELECT cqrs.append_events('', '[{"type": "T", "data": {}}]')$$),
     ('NULL events',         $$SELECT cqrs.append_events('order-1', NULL)$$),

@@ -6,22 +6,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 SELECT version FROM cqrs.append('order-1', 'OrderPlaced', '{"total": 10}');
 SELECT version FROM cqrs.append('order-1', 'OrderPaid', '{"amount": 10}');
 SELECT version FROM cqrs.append('order-2', 'OrderPlaced', '{"total": 20}');
@@ -32,7 +16,7 @@ DELETE FROM cqrs.events;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 -- every way of changing or removing rows fails, for the superuser too
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('UPDATE',             $$UPDATE cqrs.events SET data = '{}'$$),
     ('UPDATE one row',     $$UPDATE cqrs.events SET type = 'Forged' WHERE position = 1$$),
     ('DELETE',             $$DELETE FROM cqrs.events$$),
@@ -50,14 +34,14 @@ SELECT label, pg_temp.try(cmd) FROM (VALUES
 
 -- session_replication_role = replica does not switch the guard off
 SET session_replication_role = replica;
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('UPDATE',   $$UPDATE cqrs.events SET data = '{}'$$),
     ('DELETE',   $$DELETE FROM cqrs.events$$),
     ('TRUNCATE', $$TRUNCATE cqrs.events$$)
 ) AS t(label, cmd);
 RESET session_replication_role;
 SET session_replication_role = local;
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('UPDATE',   $$UPDATE cqrs.events SET data = '{}'$$),
     ('DELETE',   $$DELETE FROM cqrs.events$$),
     ('TRUNCATE', $$TRUNCATE cqrs.events$$)

@@ -6,22 +6,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 --
 -- cqrs.append with an id
 --
@@ -48,9 +32,9 @@ SELECT version = :first_version AS same_version, position = :first_position AS s
 SELECT count(*) - :events_before AS written, cqrs.stream_version('order-1') FROM cqrs.events;
 
 -- the same id in another stream is a unique violation naming the stream
-SELECT pg_temp.try($$SELECT cqrs.append('order-2', 'OrderPlaced', '{}',
+SELECT try($$SELECT cqrs.append('order-2', 'OrderPlaced', '{}',
                                         id => 'a0000000-0000-4000-8000-000000000001')$$);
-SELECT pg_temp.try($$SELECT cqrs.append('order-2', 'OrderPlaced', '{}', expected_version => 0,
+SELECT try($$SELECT cqrs.append('order-2', 'OrderPlaced', '{}', expected_version => 0,
                                         id => 'a0000000-0000-4000-8000-000000000001')$$);
 SELECT cqrs.stream_version('order-2'), count(*) - :events_before AS written FROM cqrs.events;
 
@@ -114,7 +98,7 @@ SELECT count(*) - :events_before AS written, cqrs.stream_version('cart-1') FROM 
 
 -- batches that repeat only some recorded ids, or repeat an id within
 -- themselves, or reuse an id of another stream: 23505, nothing written
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('recorded, then new', $$SELECT cqrs.append_events('cart-1', '[
         {"type": "CartOpened", "data": {}, "id": "b0000000-0000-4000-8000-000000000001"},
         {"type": "ItemAdded",  "data": {}, "id": "b0000000-0000-4000-8000-000000000002"},

@@ -6,22 +6,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 -- a payload of n bytes
 CREATE FUNCTION pg_temp.blob(n int) RETURNS jsonb LANGUAGE sql
     AS $$ SELECT jsonb_build_object('blob', repeat('x', n)) $$;
@@ -36,19 +20,19 @@ SET cqrs.max_event_size = 2048;
 SHOW cqrs.max_event_size;
 SET cqrs.max_event_size = '1MB';
 SHOW cqrs.max_event_size;
-SELECT pg_temp.try($$SET cqrs.max_event_size = 'lots'$$);
-SELECT pg_temp.try($$SET cqrs.max_event_size = '1 parsec'$$);
-SELECT pg_temp.try($$SET cqrs.max_event_size = -1$$);
+SELECT try($$SET cqrs.max_event_size = 'lots'$$);
+SELECT try($$SET cqrs.max_event_size = '1 parsec'$$);
+SELECT try($$SET cqrs.max_event_size = -1$$);
 SHOW cqrs.max_event_size;
 -- the prefix is reserved: a misspelt cqrs setting is an error, not a placeholder
-SELECT pg_temp.try($$SET cqrs.max_event_sise = '1kB'$$);
+SELECT try($$SET cqrs.max_event_sise = '1kB'$$);
 -- only a superuser may change it
 SET client_min_messages = warning;
 DROP ROLE IF EXISTS cqrs_regress_user;
 RESET client_min_messages;
 CREATE ROLE cqrs_regress_user;
 SET ROLE cqrs_regress_user;
-SELECT pg_temp.try($$SET cqrs.max_event_size = '1GB'$$);
+SELECT try($$SET cqrs.max_event_size = '1GB'$$);
 RESET ROLE;
 DROP ROLE cqrs_regress_user;
 SHOW cqrs.max_event_size;
@@ -58,7 +42,7 @@ SHOW cqrs.max_event_size;
 --
 SET cqrs.max_event_size = '1kB';
 SELECT count(*) FROM cqrs.append('blob-1', 'Small', pg_temp.blob(100));
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('2kB data',             $$SELECT cqrs.append('blob-1', 'Big', pg_temp.blob(2048))$$),
     ('2kB metadata',         $$SELECT cqrs.append('blob-1', 'Big', '{}', pg_temp.blob(2048))$$),
     ('600B data + 600B metadata',
@@ -72,7 +56,7 @@ SELECT label, pg_temp.try(cmd) FROM (VALUES
                                                     'metadata', pg_temp.blob(600))))$$)
 ) AS t(label, cmd);
 -- below the limit: fine, also data and metadata that are only together near it
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('400B data + 400B metadata',
                              $$SELECT cqrs.append('blob-1', 'Medium', pg_temp.blob(400), pg_temp.blob(400))$$),
     ('800B data',            $$SELECT cqrs.append('blob-1', 'Medium', pg_temp.blob(800))$$),
@@ -89,23 +73,23 @@ CREATE TEMP TABLE payloads (data jsonb);
 INSERT INTO payloads VALUES (pg_temp.blob(4000));
 SELECT pg_column_compression(data) IS NOT NULL AS compressed,
        pg_column_size(data) < 1024 AS small_when_compressed FROM payloads;
-SELECT pg_temp.try($$SELECT cqrs.append('blob-3', 'Big', data) FROM payloads$$);
-SELECT pg_temp.try($$SELECT cqrs.append('blob-3', 'Big', '{}', data) FROM payloads$$);
-SELECT pg_temp.try($$SELECT cqrs.append_events('blob-3', jsonb_build_array(
+SELECT try($$SELECT cqrs.append('blob-3', 'Big', data) FROM payloads$$);
+SELECT try($$SELECT cqrs.append('blob-3', 'Big', '{}', data) FROM payloads$$);
+SELECT try($$SELECT cqrs.append_events('blob-3', jsonb_build_array(
                        jsonb_build_object('type', 'Big', 'data', data))) FROM payloads$$);
 SELECT cqrs.stream_version('blob-3');
 DROP TABLE payloads;
 
 -- with 2048 bytes, the 2kB-data event fits when a little smaller
 SET cqrs.max_event_size = 2048;
-SELECT pg_temp.try($$SELECT cqrs.append('blob-1', 'Big', pg_temp.blob(1900))$$);
-SELECT pg_temp.try($$SELECT cqrs.append('blob-1', 'Big', pg_temp.blob(2100))$$);
+SELECT try($$SELECT cqrs.append('blob-1', 'Big', pg_temp.blob(1900))$$);
+SELECT try($$SELECT cqrs.append('blob-1', 'Big', pg_temp.blob(2100))$$);
 
 -- back to the default (16MB): a 2MB event is fine
 RESET cqrs.max_event_size;
 SHOW cqrs.max_event_size;
 SELECT version FROM cqrs.append('blob-1', 'Huge', pg_temp.blob(2 * 1024 * 1024));
-SELECT pg_temp.try($$SELECT cqrs.append('blob-1', 'TooHuge', pg_temp.blob(17 * 1024 * 1024))$$);
+SELECT try($$SELECT cqrs.append('blob-1', 'TooHuge', pg_temp.blob(17 * 1024 * 1024))$$);
 SELECT version, type FROM cqrs.read_stream('blob-1', 6);
 
 DROP EXTENSION pg_cqrs;

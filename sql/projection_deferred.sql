@@ -13,22 +13,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 -- wait_until(condition, timeout): polls a boolean query (each time with a
 -- fresh snapshot) until it is true; false if the timeout passes first.
 CREATE FUNCTION pg_temp.wait_until(cond text, timeout interval DEFAULT '60 s')
@@ -166,7 +150,7 @@ SELECT cqrs.wait_for_projection('d', :head, '-1 s') AS negative_time;
 SELECT clock_timestamp() AS t0 \gset
 SELECT cqrs.wait_for_projection('d', :head, '100 ms') AS in_100ms;
 SELECT clock_timestamp() - :'t0' >= interval '100 ms' AS waited;
-SELECT pg_temp.try($$SELECT cqrs.wait_for_projection('nope', 1)$$);
+SELECT try($$SELECT cqrs.wait_for_projection('nope', 1)$$);
 
 -- resume and process in one transaction: the backlog, each event once
 BEGIN;
@@ -278,7 +262,7 @@ COMMIT;
 --
 CREATE FUNCTION sync_noop(e cqrs.events) RETURNS void LANGUAGE sql AS '';
 SELECT cqrs.create_projection('s', 'sync_noop');
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('not failed (paused)',  format('SELECT cqrs.skip_event(%L, %s)', 'a_ok', :poison)),
     ('position after',       format('SELECT cqrs.skip_event(%L, %s)', 'b_fail', :poison + 1)),
     ('position before',      format('SELECT cqrs.skip_event(%L, %s)', 'b_fail', :poison - 1)),
@@ -299,7 +283,7 @@ SELECT cqrs.process_projections('b_fail');
 SELECT position - :head AS position, type, n FROM b_fail WHERE stream = 'order-4' ORDER BY position;
 SELECT state, position = :good3 AS at_head, lag_events FROM cqrs.projection_status WHERE name = 'b_fail';
 -- skipping twice is refused: the projection is running again
-SELECT pg_temp.try(format('SELECT cqrs.skip_event(%L, %s)', 'b_fail', :poison));
+SELECT try(format('SELECT cqrs.skip_event(%L, %s)', 'b_fail', :poison));
 SELECT cqrs.pause_projection('b_fail');
 COMMIT;
 

@@ -7,22 +7,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 -- a read table and a handler that counts how often it saw each event
 CREATE TABLE seen (position bigint PRIMARY KEY, stream text NOT NULL, n int NOT NULL DEFAULT 1);
 CREATE FUNCTION seen_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
@@ -47,7 +31,7 @@ CREATE FUNCTION h_out(e cqrs.events, OUT x int) LANGUAGE sql AS 'SELECT 1';
 CREATE PROCEDURE h_proc(e cqrs.events) LANGUAGE sql AS '';
 CREATE AGGREGATE h_agg(cqrs.events) (sfunc = array_append, stype = cqrs.events[]);
 CREATE FUNCTION h_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('text argument',       $$SELECT cqrs.create_projection('p', 'h_text')$$),
     ('returns integer',     $$SELECT cqrs.create_projection('p', 'h_int')$$),
     ('returns setof void',  $$SELECT cqrs.create_projection('p', 'h_setof')$$),
@@ -73,7 +57,7 @@ SELECT count(*) FROM cqrs.projections;
 --
 -- name and mode
 --
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('NULL name',           $$SELECT cqrs.create_projection(NULL, 'seen_handler')$$),
     ('empty name',          $$SELECT cqrs.create_projection('', 'seen_handler')$$),
     ('mode async',          $$SELECT cqrs.create_projection('p', 'seen_handler', 'async')$$),
@@ -95,7 +79,7 @@ CREATE SEQUENCE a_sequence;
 CREATE TYPE a_composite AS (a int);
 CREATE TABLE parted (a int PRIMARY KEY) PARTITION BY RANGE (a);
 CREATE TABLE other_read (k text PRIMARY KEY, v int);
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('no primary key',      $$SELECT cqrs.create_projection('p', 'seen_handler', tables => '{no_pk}')$$),
     ('unique, not pk',      $$SELECT cqrs.create_projection('p', 'seen_handler', tables => '{unique_only}')$$),
     ('second lacks pk',     $$SELECT cqrs.create_projection('p', 'seen_handler', tables => '{seen,no_pk}')$$),
@@ -133,7 +117,7 @@ SELECT cqrs.create_projection(name => 'q', handler => 'noop', mode => 'deferred'
 SELECT name, handler, mode, tables, categories, types, state FROM cqrs.projections ORDER BY name;
 SELECT cqrs.drop_projection('q');
 -- NULL tables take the default; a NULL mode is an error, not a silent 'sync'
-SELECT pg_temp.try($$SELECT cqrs.create_projection('r', 'noop', NULL, NULL)$$);
+SELECT try($$SELECT cqrs.create_projection('r', 'noop', NULL, NULL)$$);
 SELECT cqrs.create_projection('r', 'noop', 'sync', NULL);
 SELECT name, mode, tables FROM cqrs.projections WHERE name = 'r';
 SELECT cqrs.drop_projection('r');
@@ -142,7 +126,7 @@ SELECT cqrs.drop_projection('r');
 -- needs; the plain overloaded name is ambiguous before we even see it
 CREATE FUNCTION overloaded(e cqrs.events) RETURNS void LANGUAGE sql AS '';
 CREATE FUNCTION overloaded(e text) RETURNS void LANGUAGE sql AS '';
-SELECT pg_temp.try($$SELECT cqrs.create_projection('o', 'overloaded')$$);
+SELECT try($$SELECT cqrs.create_projection('o', 'overloaded')$$);
 SELECT cqrs.create_projection('o', 'overloaded(cqrs.events)'::regprocedure);
 SELECT handler FROM cqrs.projections WHERE name = 'o';
 SELECT cqrs.drop_projection('o');
@@ -156,7 +140,7 @@ SELECT cqrs.drop_projection('s');
 --
 -- duplicates, for either mode
 --
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('same name',           $$SELECT cqrs.create_projection('p', 'seen_handler')$$),
     ('same name, deferred', $$SELECT cqrs.create_projection('p', 'seen_handler', 'deferred')$$)
 ) AS t(label, cmd);
@@ -165,7 +149,7 @@ SELECT count(*) FROM cqrs.projections;
 --
 -- unknown projections, NULL and empty names, for every function taking one
 --
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('drop unknown',        $$SELECT cqrs.drop_projection('nope')$$),
     ('pause unknown',       $$SELECT cqrs.pause_projection('nope')$$),
     ('resume unknown',      $$SELECT cqrs.resume_projection('nope')$$),
@@ -188,7 +172,7 @@ SELECT label, pg_temp.try(cmd) FROM (VALUES
     ('process negative',    $$SELECT cqrs.process_projections('p', -1)$$)
 ) AS t(label, cmd);
 -- names are case-sensitive text, not identifiers
-SELECT pg_temp.try($$SELECT cqrs.pause_projection('P')$$);
+SELECT try($$SELECT cqrs.pause_projection('P')$$);
 
 --
 -- pause and resume: state and checkpoint
@@ -232,7 +216,7 @@ SELECT name, state FROM cqrs.projections;
 --
 SELECT position FROM cqrs.append('order-3', 'OrderPlaced', '{}');
 DROP FUNCTION seen_handler(cqrs.events);
-SELECT pg_temp.try($$SELECT cqrs.append('order-3', 'OrderPaid', '{}')$$);
+SELECT try($$SELECT cqrs.append('order-3', 'OrderPaid', '{}')$$);
 CREATE FUNCTION seen_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
     INSERT INTO seen (position, stream) VALUES (e.position, e.stream || ' (new)')
     ON CONFLICT (position) DO UPDATE SET n = seen.n + 1
@@ -249,7 +233,7 @@ SELECT count(*) FROM cqrs.projections;
 SELECT count(*) FROM seen;
 SELECT position FROM cqrs.append('order-4', 'OrderPlaced', '{}');
 SELECT count(*) FROM seen;
-SELECT pg_temp.try($$SELECT cqrs.drop_projection('p')$$);
+SELECT try($$SELECT cqrs.drop_projection('p')$$);
 -- the name can be used again; the new projection catches up from scratch
 TRUNCATE seen;
 SELECT cqrs.create_projection('p', 'seen_handler', categories => '{order}');

@@ -10,21 +10,6 @@ DROP ROLE IF EXISTS regress_cqrs_owner, regress_cqrs_appender, regress_cqrs_intr
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
 -- sqlstate(sql): 'ok' or just the SQLSTATE, where the wording is not ours
 CREATE FUNCTION pg_temp.sqlstate(cmd text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -100,7 +85,7 @@ CREATE FUNCTION regress_owner_s.write_root_only(e cqrs.events) RETURNS void LANG
 $$;
 SELECT cqrs.create_projection('overreach', 'regress_owner_s.write_root_only', categories => '{root}');
 RESET ROLE;
-SELECT pg_temp.try($$SELECT cqrs.append('root-1', 'Written', '{}')$$);
+SELECT try($$SELECT cqrs.append('root-1', 'Written', '{}')$$);
 SELECT count(*) FROM public.root_only;
 SELECT cqrs.drop_projection('overreach');
 
@@ -151,7 +136,7 @@ END
 $$;
 SELECT cqrs.create_projection('restricted', 'regress_owner_s.run', categories => '{cmd}');
 RESET ROLE;
-SELECT cmd, pg_temp.try(format('SELECT cqrs.append(%L, %L, %L)', 'cmd-1', 'Run',
+SELECT cmd, try(format('SELECT cqrs.append(%L, %L, %L)', 'cmd-1', 'Run',
                                jsonb_build_object('cmd', cmd)))
   FROM unnest(ARRAY[
     'SELECT 1',
@@ -204,9 +189,9 @@ CREATE FUNCTION public.root_handler(e cqrs.events) RETURNS void LANGUAGE sql SEC
 $$;
 REVOKE EXECUTE ON FUNCTION public.root_handler(cqrs.events) FROM PUBLIC;
 SET ROLE regress_cqrs_owner;
-SELECT pg_temp.try($$SELECT public.root_handler(NULL)$$);
-SELECT pg_temp.try($$SELECT cqrs.create_projection('stolen', 'public.root_handler')$$);
-SELECT pg_temp.try($$SELECT cqrs.create_projection('stolen_later', 'public.root_handler', 'deferred')$$);
+SELECT try($$SELECT public.root_handler(NULL)$$);
+SELECT try($$SELECT cqrs.create_projection('stolen', 'public.root_handler')$$);
+SELECT try($$SELECT cqrs.create_projection('stolen_later', 'public.root_handler', 'deferred')$$);
 RESET ROLE;
 SELECT count(*) FROM public.root_log;
 SELECT name FROM cqrs.projections ORDER BY name;

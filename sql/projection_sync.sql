@@ -7,40 +7,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
--- try_ctx(sql): like try, with the lines of the error context that name a
--- projection (the others quote the extension's internal statements)
-CREATE FUNCTION pg_temp.try_ctx(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    ctx text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            ctx = PG_EXCEPTION_CONTEXT;
-    RETURN st || ': ' || msg || ' CONTEXT: ' ||
-           coalesce((SELECT string_agg(l, ' / ') FROM regexp_split_to_table(ctx, E'\n') l
-                      WHERE l LIKE 'projection %'), '(none)');
-END
-$$;
-
 -- "everything": every event, with how often it was applied (n) and in which
 -- order (seq); the primary key on position makes a double application
 -- visible as n = 2
@@ -238,7 +204,7 @@ $$;
 SELECT cqrs.create_projection('fussy', 'fussy_handler');
 SELECT max(position) AS head, count(*) AS events FROM cqrs.events \gset
 SELECT count(*) AS everything_rows, sum(n) AS everything_n FROM everything \gset
-SELECT pg_temp.try_ctx($$SELECT cqrs.append('order-8', 'OrderPlaced', '{"poison": true}')$$);
+SELECT try_ctx($$SELECT cqrs.append('order-8', 'OrderPlaced', '{"poison": true}')$$);
 SELECT count(*) = :events AS log_unchanged FROM cqrs.events;
 SELECT cqrs.stream_version('order-8');
 -- "everything" ran before "fussy" (projections run in name order): its
@@ -253,7 +219,7 @@ SELECT cqrs.append('order-8', 'OrderPlaced', '{"poison": 1}') \gset
 \echo :LAST_ERROR_SQLSTATE
 -- a poisoned event in a batch rejects the whole batch; the context names
 -- the event's position within the log
-SELECT pg_temp.try_ctx($$SELECT cqrs.append_events('order-8', '[
+SELECT try_ctx($$SELECT cqrs.append_events('order-8', '[
     {"type": "OrderPlaced", "data": {}},
     {"type": "ItemAdded", "data": {"poison": "here"}},
     {"type": "ItemAdded", "data": {}}
@@ -358,7 +324,7 @@ SELECT count(*) = :picky_rows AS unchanged FROM picky;
 -- sync projections and the deferred machinery
 --
 SELECT cqrs.process_projections('everything');
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('skip a sync event', $$SELECT cqrs.skip_event('everything', 1)$$),
     ('skip, paused sync', $$SELECT cqrs.skip_event('picky', 1)$$)
 ) AS t(label, cmd);

@@ -6,22 +6,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- try(sql): runs a statement; 'ok', or 'SQLSTATE: message' plus the detail.
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-    msg text;
-    det text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                            det = PG_EXCEPTION_DETAIL;
-    RETURN st || ': ' || msg || CASE WHEN det <> '' THEN ' DETAIL: ' || det ELSE '' END;
-END
-$$;
-
 -- an empty log
 SELECT cqrs.stream_version('order-1');
 SELECT count(*) FROM cqrs.read_stream('order-1');
@@ -65,7 +49,7 @@ SELECT count(*) FROM (SELECT * FROM cqrs.read_stream('order-1')
 SELECT count(*) FROM (SELECT * FROM cqrs.events WHERE stream = 'order-1'
                       EXCEPT ALL
                       SELECT * FROM cqrs.read_stream('order-1')) d;
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('NULL stream',           $$SELECT * FROM cqrs.read_stream(NULL)$$),
     ('negative from_version', $$SELECT * FROM cqrs.read_stream('order-1', -1)$$),
     ('zero max_count',        $$SELECT * FROM cqrs.read_stream('order-1', 1, 0)$$),
@@ -110,7 +94,7 @@ BEGIN
 END
 $$;
 -- bad arguments
-SELECT label, pg_temp.try(cmd) FROM (VALUES
+SELECT label, try(cmd) FROM (VALUES
     ('negative after_position', $$SELECT * FROM cqrs.read_all(-1)$$),
     ('zero max_count',          $$SELECT * FROM cqrs.read_all(0, 0)$$),
     ('negative max_count',      $$SELECT * FROM cqrs.read_all(0, -1)$$)
