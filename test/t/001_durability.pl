@@ -23,23 +23,16 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use CqrsNode;
 use IPC::Run;
 
 my $clients = 4;
 my $statements = 6000;    # per client; far more than run before the stop
 my $stop_at = 2000;       # committed events before the immediate stop
 
-my $node = PostgreSQL::Test::Cluster->new('durability');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'pg_cqrs'
-wal_level = logical
-max_wal_senders = 4
-max_replication_slots = 4
-output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs'
-});
-$node->start;
+my $node = cqrs_node('durability');
 $node->safe_psql('postgres', 'CREATE EXTENSION pg_cqrs');
 
 # The clients' scripts.  Each result row is "id|stream|version|position" of

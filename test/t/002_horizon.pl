@@ -16,19 +16,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use CqrsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('horizon');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'pg_cqrs'
-wal_level = logical
-max_wal_senders = 4
-max_replication_slots = 4
-max_prepared_transactions = 2
-output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs'
-});
-$node->start;
+my $node = cqrs_node('horizon',
+	q{max_prepared_transactions = 2});
 for my $db (qw(db1 db2))
 {
 	$node->safe_psql('postgres', "CREATE DATABASE $db");

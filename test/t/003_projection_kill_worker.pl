@@ -17,24 +17,17 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use CqrsNode;
 use Time::HiRes qw(usleep);
 
 my $events = 12000;
 my $kills = 3;
 
-my $node = PostgreSQL::Test::Cluster->new('kill_worker');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'pg_cqrs'
-wal_level = logical
-max_wal_senders = 4
-max_replication_slots = 4
-output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs'
-cqrs.batch_size = 1000
-restart_after_crash = on
-});
-$node->start;
+my $node = cqrs_node('kill_worker',
+	q{cqrs.batch_size = 1000},
+	q{restart_after_crash = on});
 
 $node->safe_psql(
 	'postgres', q{

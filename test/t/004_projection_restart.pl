@@ -23,23 +23,16 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use CqrsNode;
 use Time::HiRes qw(time);
 
 my $events = 6000;
 my $paused_events = 1000;
 
-my $node = PostgreSQL::Test::Cluster->new('projection_restart');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'pg_cqrs'
-wal_level = logical
-max_wal_senders = 4
-max_replication_slots = 4
-output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs'
-cqrs.batch_size = 500
-});
-$node->start;
+my $node = cqrs_node('projection_restart',
+	q{cqrs.batch_size = 500});
 
 # A projection's read table, a handler (sleeping a little when asked to),
 # and a view listing every difference from a replay of the log.

@@ -13,18 +13,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use CqrsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('worker_exit');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'pg_cqrs'
-wal_level = logical
-max_wal_senders = 4
-max_replication_slots = 4
-output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs'
-});
-$node->start;
+my $node = cqrs_node('worker_exit');
 
 $node->safe_psql(
 	'postgres', q{

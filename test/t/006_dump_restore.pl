@@ -17,17 +17,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use CqrsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('dump_restore');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'pg_cqrs'
-wal_level = logical
-output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs'
-cqrs.naptime = 100ms
-});
-$node->start;
+my $node = cqrs_node('dump_restore',
+	q{cqrs.naptime = 100ms});
 
 $node->safe_psql('postgres', 'CREATE DATABASE source');
 $node->safe_psql(
