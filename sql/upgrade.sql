@@ -1,6 +1,7 @@
 --
--- upgrade.sql: from 0.1.0 (the event log) to 0.2.0 (projections) with
--- events in the log; an updated installation is a fresh one
+-- upgrade.sql: from 0.1.0 (the event log) to 0.2.0 (projections) and
+-- 0.3.0 (replay, capture, outbox) with events in the log; an updated
+-- installation is a fresh one
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
@@ -93,6 +94,15 @@ SELECT name, mode, state, lag_events FROM cqrs.projection_status ORDER BY name;
 
 -- updating again is a no-op
 ALTER EXTENSION pg_cqrs UPDATE TO '0.2.0';
+
+--
+-- on to 0.3.0 (replay, capture, outbox); the projections keep working
+--
+ALTER EXTENSION pg_cqrs UPDATE TO '0.3.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
+SELECT position AS last FROM cqrs.append('order-3', 'OrderPlaced', '{"total": 7}') \gset
+SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
+SELECT * FROM order_totals ORDER BY stream;
 
 --
 -- the updated extension has exactly the objects, and the same definitions,
