@@ -8,6 +8,54 @@
 -- checked against it (API.md section 3).
 --
 
+-- What each projection's handler wrote to each of its tables, summed per
+-- key bucket (see src/digest.c): appliers append delta rows, compaction
+-- folds them; a row with base marks the digest as established.  No foreign
+-- key to cqrs.projections: every sync append writes a delta row, and would
+-- otherwise lock the projection's catalog row to do it.
+CREATE TABLE cqrs.projection_digests (
+    projection  text        NOT NULL,
+    "table"     regclass    NOT NULL,
+    base        boolean     NOT NULL DEFAULT false,
+    buckets     integer[]   NOT NULL,
+    counts      bigint[]    NOT NULL,
+    sums        bigint[]    NOT NULL
+);
+CREATE INDEX projection_digests_projection_table_idx
+    ON cqrs.projection_digests (projection, "table");
+COMMENT ON TABLE cqrs.projection_digests IS 'pg_cqrs: per-bucket digests of what projections wrote to their tables';
+SELECT pg_catalog.pg_extension_config_dump('cqrs.projection_digests', '');
+
+-- The row trigger on every table a projection owns (created by
+-- create_projection, replay and reconcile).
+CREATE FUNCTION cqrs.digest_row()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cqrs_digest_row'
+LANGUAGE C;
+
+CREATE FUNCTION cqrs.replay(name text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cqrs_replay'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION cqrs.reconcile(name text, repair boolean DEFAULT false)
+RETURNS TABLE (table_name regclass, key jsonb, drift text, expected jsonb, actual jsonb)
+AS 'MODULE_PATHNAME', 'cqrs_reconcile'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION cqrs.verify(name text)
+RETURNS TABLE (table_name regclass, "rows" bigint, expected_rows bigint,
+               drifted_buckets integer, matches boolean)
+AS 'MODULE_PATHNAME', 'cqrs_verify'
+LANGUAGE C VOLATILE;
+
+-- Replay and reconcile run handlers as projection owners and lock out
+-- appends: administrators only, like the other lifecycle functions.
+-- verify only reads (and folds digest rows).
+REVOKE EXECUTE ON FUNCTION cqrs.replay(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.reconcile(text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.verify(text) FROM PUBLIC;
+
 
 
 --

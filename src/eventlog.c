@@ -60,14 +60,20 @@ static bool eventlog_callback_registered = false;
 static void
 eventlog_relcache_callback(Datum arg, Oid relid)
 {
+	/*
+	 * While a table of a later version is missing, any relation may be it
+	 * being created by ALTER EXTENSION UPDATE: look again.
+	 */
 	if (!OidIsValid(relid) ||
+		!OidIsValid(eventlog_oids.projection_digests) ||
 		relid == eventlog_oids.events ||
 		relid == eventlog_oids.position_idx ||
 		relid == eventlog_oids.stream_version_idx ||
 		relid == eventlog_oids.id_idx ||
 		relid == eventlog_oids.position_seq ||
 		relid == eventlog_oids.projections ||
-		relid == eventlog_oids.skipped_events)
+		relid == eventlog_oids.skipped_events ||
+		relid == eventlog_oids.projection_digests)
 		eventlog_oids_valid = false;
 }
 
@@ -116,6 +122,7 @@ CqrsEventLog(void)
 		/* absent until the extension is updated to 0.2.0 */
 		eventlog_oids.projections = get_relname_relid("projections", nspid);
 		eventlog_oids.skipped_events = get_relname_relid("skipped_events", nspid);
+		eventlog_oids.projection_digests = get_relname_relid("projection_digests", nspid);
 		eventlog_oids_valid = true;
 	}
 	return &eventlog_oids;

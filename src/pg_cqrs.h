@@ -31,6 +31,8 @@
 
 #include "postgres.h"
 
+#include "executor/tuptable.h"
+#include "fmgr.h"
 #include "storage/lockdefs.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
@@ -73,6 +75,8 @@ typedef struct CqrsEventLogOids
 	Oid			position_seq;	/* cqrs.events_position_seq */
 	Oid			projections;	/* cqrs.projections, InvalidOid before 0.2.0 */
 	Oid			skipped_events; /* cqrs.skipped_events, likewise */
+	Oid			projection_digests; /* cqrs.projection_digests, before
+									 * 0.3.0 InvalidOid */
 } CqrsEventLogOids;
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
@@ -97,10 +101,83 @@ typedef struct CqrsBatchResult
 	int64		safe;			/* the safe position the batch stopped at */
 } CqrsBatchResult;
 
+/* SPI connected, running as the owner of the extension's catalog */
+typedef struct CqrsCatalogScope
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} CqrsCatalogScope;
+
+/* running as a projection's owner, as its handler does */
+typedef struct CqrsOwnerScope
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} CqrsOwnerScope;
+
+/* What replay and reconcile need to know about a projection. */
+typedef struct CqrsRebuildTarget
+{
+	char	   *name;
+	bool		sync;
+	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
+	int64		position;		/* its checkpoint (a running sync: the head) */
+	Oid			owner;
+	char	   *search_path;
+	int			ntables;
+	Oid		   *tables;
+} CqrsRebuildTarget;
+
 extern Oid	CqrsProjectionsRelid(void);
+extern void CqrsCatalogConnect(CqrsCatalogScope *scope);
+extern void CqrsCatalogDisconnect(CqrsCatalogScope *scope);
+extern void CqrsOwnerScopeEnter(Oid owner, const char *search_path, CqrsOwnerScope *scope);
+extern void CqrsOwnerScopeLeave(CqrsOwnerScope *scope);
+extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
+extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
+extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
+extern int64 CqrsRebuildApply(const char *name, int64 upto);
+extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
 extern void CqrsLockProjectionsForAppend(void);
 extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
 						   CqrsBatchResult *result);
+
+/* digest.c */
+#define CQRS_DIGEST_BUCKETS 1024
+
+/* Rows per key bucket and the sum of their image hashes, modulo 2^64. */
+typedef struct CqrsBuckets
+{
+	int64		rows;
+	int64		count[CQRS_DIGEST_BUCKETS];
+	uint64		sum[CQRS_DIGEST_BUCKETS];
+} CqrsBuckets;
+
+/* A table's primary key columns, for hashing its rows. */
+typedef struct CqrsRowShape
+{
+	int			nkeys;
+	AttrNumber	keys[INDEX_MAX_KEYS];
+} CqrsRowShape;
+
+typedef void (*CqrsRowVisitor) (void *arg, Relation rel, TupleTableSlot *slot,
+								int bucket, uint64 hash);
+
+extern void CqrsRowShapeInit(CqrsRowShape *shape, Relation rel);
+extern uint64 CqrsRowHash(const CqrsRowShape *shape, TupleTableSlot *slot, int *bucket);
+extern void CqrsBucketsAdd(CqrsBuckets *into, const CqrsBuckets *from, int sign);
+extern bool CqrsDigestsInstalled(void);
+extern void CqrsDigestBegin(const char *projection, int ntables, Oid *tables);
+extern void CqrsDigestEnd(bool keep);
+extern bool CqrsDigestLoad(const char *projection, Oid relid, Snapshot snapshot,
+						   CqrsBuckets *into, int64 *rows);
+extern void CqrsDigestCompact(const char *projection, Oid relid);
+extern void CqrsDigestSet(const char *projection, Oid relid, const CqrsBuckets *digest);
+extern void CqrsDigestAttach(Oid relid);
+extern void CqrsDigestDetach(Oid relid);
+extern void CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
+							const bool *wanted, CqrsRowVisitor visit, void *arg);
 
 /* worker.c */
 extern void CqrsWorkerShmemRequest(void);

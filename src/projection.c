@@ -119,6 +119,8 @@ typedef struct Projection
 	text	  **categories;		/* NULL: every category */
 	int			ntypes;
 	text	  **types;			/* NULL: every type */
+	int			ntables;
+	Oid		   *tables;			/* the read tables it owns */
 	FmgrInfo	flinfo;
 } Projection;
 
@@ -129,13 +131,7 @@ typedef struct ApplyContext
 	int64		position;
 } ApplyContext;
 
-/* Saved state around running a handler as the projection's owner. */
-typedef struct OwnerScope
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
-} OwnerScope;
+typedef CqrsOwnerScope OwnerScope;
 
 /* The sync projections of this backend's database, cached. */
 static List *sync_cache = NIL;
@@ -239,11 +235,7 @@ text_array_elems(Datum d, int *n)
  * handlers, for the sync trigger to find and resolve them.  Only our own
  * schema-qualified SQL runs in this scope.
  */
-typedef struct CatalogScope
-{
-	Oid			save_userid;
-	int			save_sec_context;
-} CatalogScope;
+typedef CqrsCatalogScope CatalogScope;
 
 static void
 catalog_scope_enter(CatalogScope *scope)
@@ -266,6 +258,25 @@ static void
 catalog_scope_leave(CatalogScope *scope)
 {
 	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
+/*
+ * CqrsCatalogConnect
+ *		Connect to SPI and act as the catalog's owner, for the other files
+ *		that keep bookkeeping next to the catalog (digest.c).
+ */
+void
+CqrsCatalogConnect(CatalogScope *scope)
+{
+	spi_connect();
+	catalog_scope_enter(scope);
+}
+
+void
+CqrsCatalogDisconnect(CatalogScope *scope)
+{
+	catalog_scope_leave(scope);
+	SPI_finish();
 }
 
 /* SPI_execute_with_args on the catalog, as its owner. */
@@ -297,7 +308,7 @@ resolve_handler(const char *signature)
 }
 
 #define PROJECTION_COLUMNS \
-	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\""
+	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\", tables::pg_catalog.oid[]"
 
 /*
  * Build a Projection from a row of PROJECTION_COLUMNS, in the current
@@ -328,6 +339,19 @@ projection_from_row(HeapTuple tuple, TupleDesc desc)
 	state = TextDatumGetCString(SPI_getbinval(tuple, desc, 8, &isnull));
 	p->state = state[0];
 	p->position = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
+	d = SPI_getbinval(tuple, desc, 10, &isnull);
+	if (!isnull)
+	{
+		Datum	   *elems;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypePCopy(d), OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+						  &elems, NULL, &n);
+		p->tables = palloc((n + 1) * sizeof(Oid));
+		for (int i = 0; i < n; i++)
+			p->tables[i] = DatumGetObjectId(elems[i]);
+		p->ntables = n;
+	}
 
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(p->owner)))
 		ereport(ERROR,
@@ -480,23 +504,40 @@ apply_error_callback(void *arg)
 			   ctx->projection, (long long) ctx->position);
 }
 
+/*
+ * CqrsOwnerScopeEnter
+ *		Act as a projection's owner, restricted, with its pinned search_path:
+ *		how handlers run, and how replay and reconcile write read tables.
+ */
+void
+CqrsOwnerScopeEnter(Oid owner, const char *search_path, OwnerScope *scope)
+{
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	SetUserIdAndSecContext(owner,
+						   scope->save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	scope->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", search_path,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+void
+CqrsOwnerScopeLeave(OwnerScope *scope)
+{
+	AtEOXact_GUC(false, scope->save_nestlevel);
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
 static void
 owner_scope_enter(Projection *p, OwnerScope *scope)
 {
-	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
-	SetUserIdAndSecContext(p->owner,
-						   scope->save_sec_context | SECURITY_RESTRICTED_OPERATION);
-	scope->save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", p->search_path,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	CqrsOwnerScopeEnter(p->owner, p->search_path, scope);
 }
 
 static void
 owner_scope_leave(OwnerScope *scope)
 {
-	AtEOXact_GUC(false, scope->save_nestlevel);
-	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+	CqrsOwnerScopeLeave(scope);
 }
 
 static bool
@@ -623,6 +664,9 @@ apply_tuplestore(Projection *p, Tuplestorestate *events, TupleDesc desc,
 	tuplestore_select_read_pointer(events, readptr);
 	tuplestore_rescan(events);
 
+	/* count the handler's writes to its tables (digest.c) */
+	if (p->ntables > 0 && CqrsDigestsInstalled())
+		CqrsDigestBegin(p->name, p->ntables, p->tables);
 	owner_scope_enter(p, &scope);
 	while (tuplestore_gettupleslot(events, true, false, slot))
 	{
@@ -647,6 +691,8 @@ apply_tuplestore(Projection *p, Tuplestorestate *events, TupleDesc desc,
 		applied++;
 	}
 	owner_scope_leave(&scope);
+	if (p->ntables > 0 && CqrsDigestsInstalled())
+		CqrsDigestEnd(true);
 
 	tuplestore_select_read_pointer(events, 0);
 	error_context_stack = errcb.previous;
@@ -1106,6 +1152,35 @@ check_tables(ArrayType *tables)
 }
 
 /*
+ * A table belongs to one projection at most: a replay of one would wipe
+ * the rows of the other, and their digests would count each other's writes
+ * as drift.
+ */
+static void
+check_tables_unowned(const char *name, ArrayType *tables)
+{
+	Oid			argtypes[2] = {TEXTOID, REGCLASSARRAYOID};
+	Datum		values[2];
+	int			rc;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = PointerGetDatum(tables);
+	rc = catalog_execute("SELECT name, t::pg_catalog.text FROM cqrs.projections, pg_catalog.unnest(tables) t"
+						 " WHERE name OPERATOR(pg_catalog.<>) $1 AND t OPERATOR(pg_catalog.=) ANY ($2)"
+						 " ORDER BY 1, 2 LIMIT 1",
+						 2, argtypes, values, NULL, true);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_cqrs: reading cqrs.projections failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("table %s already belongs to projection \"%s\"",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errdetail("Replay and reconcile rebuild a read table from one projection.")));
+}
+
+/*
  * cqrs.create_projection(name text, handler regproc, mode text,
  *						  tables regclass[], categories text[], types text[])
  *	  RETURNS void
@@ -1177,11 +1252,16 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "pg_cqrs: inserting projection failed: %s", SPI_result_code_string(rc));
 
-	if (sync)
+	check_tables_unowned(name, tables);
+	p = projection_get(name, false);
+	for (int i = 0; i < p->ntables; i++)
 	{
-		p = projection_get(name, false);
-		set_position(name, sync_catch_up(p));
+		CqrsDigestAttach(p->tables[i]);
+		CqrsDigestSet(name, p->tables[i], NULL);
 	}
+
+	if (sync)
+		set_position(name, sync_catch_up(p));
 	else
 		wake_appliers();
 
@@ -1204,16 +1284,33 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	int			rc;
 
+	Datum	   *tables;
+	int			ntables;
+	bool		isnull;
+
 	spi_connect();
 	values[0] = CStringGetTextDatum(name);
-	rc = catalog_execute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1",
-							   1, argtypes, values, NULL, false);
-	if (rc != SPI_OK_DELETE)
+	rc = catalog_execute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1"
+						 " RETURNING tables::pg_catalog.oid[]",
+						 1, argtypes, values, NULL, false);
+	if (rc != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "pg_cqrs: deleting projection failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("projection \"%s\" does not exist", name)));
+	deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1, &isnull)),
+					  OIDOID, sizeof(Oid), true, TYPALIGN_INT, &tables, NULL, &ntables);
+	for (int i = 0; i < ntables; i++)
+		CqrsDigestDetach(DatumGetObjectId(tables[i]));
+	if (CqrsDigestsInstalled())
+	{
+		rc = catalog_execute("DELETE FROM cqrs.projection_digests WHERE projection OPERATOR(pg_catalog.=) $1",
+							 1, argtypes, values, NULL, false);
+		if (rc != SPI_OK_DELETE)
+			elog(ERROR, "pg_cqrs: deleting digests failed: %s", SPI_result_code_string(rc));
+	}
 	SPI_finish();
 	projections_changed(relid);
 	PG_RETURN_VOID();
@@ -1524,4 +1621,153 @@ cqrs_wait_for_projection(PG_FUNCTION_ARGS)
 	}
 	CqrsWaitForProgressDone();
 	PG_RETURN_BOOL(done);
+}
+
+/* ----------------------------------------------------------------
+ * For replay and reconcile (replay.c)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * CqrsProjectionNameArg
+ *		A projection name argument, checked: not NULL, not empty.
+ */
+char *
+CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno)
+{
+	return name_arg(fcinfo, argno);
+}
+
+static void
+describe(Projection *p, CqrsRebuildTarget *t)
+{
+	t->name = pstrdup(p->name);
+	t->sync = p->sync;
+	t->state = p->state;
+	t->position = p->position;
+	t->owner = p->owner;
+	t->search_path = pstrdup(p->search_path);
+	t->ntables = p->ntables;
+	t->tables = palloc((p->ntables + 1) * sizeof(Oid));
+	for (int i = 0; i < p->ntables; i++)
+		t->tables[i] = p->tables[i];
+}
+
+/*
+ * CqrsRebuildDescribe
+ *		A projection as last committed, without locking anything.
+ */
+void
+CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	Projection *p;
+
+	spi_connect();
+	p = projection_get(name, false);
+	MemoryContextSwitchTo(callercxt);
+	describe(p, target);
+	SPI_finish();
+}
+
+/*
+ * CqrsRebuildLock
+ *		Hold a projection still while its tables are rebuilt or compared,
+ *		and describe it.
+ *
+ * A sync projection: ShareLock on cqrs.projections, as for pause, so no
+ * append holds or takes a position until the caller's (sub)transaction
+ * ends; target->position is then the head of the log, exactly what the
+ * projection has applied.  A deferred one: its catalog row, locked, so the
+ * worker skips it and process_projections waits; target->position is its
+ * checkpoint.  The mode is read first, unlocked, to pick the lock; it is
+ * checked again once locked.
+ */
+void
+CqrsRebuildLock(const char *name, CqrsRebuildTarget *target)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	Projection *p;
+	bool		sync;
+
+	spi_connect();
+	sync = projection_get(name, false)->sync;
+	(void) projections_lock(sync ? ShareLock : RowExclusiveLock);
+	p = projection_get(name, true);
+	if (p->sync != sync)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("projection \"%s\" was replaced concurrently", name)));
+	MemoryContextSwitchTo(callercxt);
+	describe(p, target);
+	if (p->sync && p->state == 'r')
+	{
+		Relation	events = CqrsOpenEventLog(AccessShareLock);
+
+		target->position = CqrsMaxPosition(events, GetLatestSnapshot());
+		table_close(events, NoLock);
+	}
+	SPI_finish();
+}
+
+/*
+ * CqrsRebuildApply
+ *		Apply every event up to and including upto to a projection whose
+ *		tables the caller has emptied, in the caller's transaction: the
+ *		events it wants, minus those it was told to skip.  A handler error
+ *		is the caller's error.  Returns the number of events applied.
+ */
+int64
+CqrsRebuildApply(const char *name, int64 upto)
+{
+	Projection *p;
+	Relation	events;
+	SkipSet    *skip;
+	int64		after = 0;
+	int64		applied = 0;
+
+	spi_connect();
+	p = projection_get(name, false);
+	skip = load_skipset(name, 0);
+	events = CqrsOpenEventLog(AccessShareLock);
+	while (after < upto)
+	{
+		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
+		int64		last;
+		int64		n;
+
+		CHECK_FOR_INTERRUPTS();
+		n = collect_events(events, after, upto, 10 * (int64) cqrs_batch_size, store, &last);
+		if (n > 0)
+			applied += apply_tuplestore(p, store, RelationGetDescr(events), skip, PG_INT64_MAX);
+		tuplestore_end(store);
+		if (n == 0)
+			break;
+		after = last;
+	}
+	table_close(events, NoLock);
+	SPI_finish();
+	return applied;
+}
+
+/*
+ * CqrsRebuildFinish
+ *		Record that a projection's tables hold every event up to position:
+ *		its checkpoint; a failed projection runs again.
+ */
+void
+CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	spi_connect();
+	values[0] = Int64GetDatum(position);
+	projection_update(target->name,
+					  "\"position\" = $2, state = CASE state WHEN 'failed' THEN 'running' ELSE state END,"
+					  " last_error = NULL, error_position = NULL",
+					  1, types, values, NULL);
+	SPI_finish();
+	if (!target->sync)
+		wake_appliers();
 }
