@@ -15,10 +15,13 @@
 #   BENCH_QUICK=1   same as --quick
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
-#                   single,multi,batch,race,sync,deferred,lag
+#                   single,multi,batch,race,sync,deferred,lag,
+#                   replay,reconcile,verify
 #                                                     (default all)
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
+#   BENCH_REPLAY_EVENTS    size of the replay/reconcile/verify log (1000000)
+#   BENCH_REPLAY_ROUNDS    rounds of those groups     (default 3)
 #   BENCH_SHARED_BUFFERS                              (default 1GB)
 #   BENCH_LOG_DIR   where every pgbench output is kept (default a new
 #                   /tmp/pg_cqrs_bench.XXXXXX)
@@ -50,7 +53,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag,replay,reconcile,verify}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -62,7 +65,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|sync|deferred|lag) ;;
+	case $g in single|multi|batch|race|sync|deferred|lag|replay|reconcile|verify) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -183,6 +186,7 @@ reset_state() {
 		echo 'SET client_min_messages = warning;'
 		if [ -z "$BASELINE_ONLY" ]; then
 			echo 'DROP SCHEMA IF EXISTS bench_proj CASCADE;'
+			echo 'DROP SCHEMA IF EXISTS bench_rm CASCADE;'
 			echo 'DROP EXTENSION pg_cqrs;'
 			echo 'CREATE EXTENSION pg_cqrs;'
 		fi
@@ -305,6 +309,8 @@ paired() { # shellcheck disable=SC2086
 
 # shellcheck source=bench/projections.sh
 source "$BENCH_DIR/projections.sh"
+# shellcheck source=bench/replay.sh
+source "$BENCH_DIR/replay.sh"
 
 start=$(date +%s)
 want single && run_group single 1 append raw plpgsql
@@ -315,6 +321,9 @@ if [ -z "$BASELINE_ONLY" ]; then
 	want sync && run_group sync "$CLIENTS" sync_projection sync_trigger
 	want deferred && run_deferred_group
 	want lag && run_lag
+	if want replay || want reconcile || want verify; then
+		run_replay_groups
+	fi
 fi
 elapsed=$(($(date +%s) - start))
 
@@ -401,6 +410,10 @@ if want lag && [ -z "$BASELINE_ONLY" ]; then
 	echo "7  lag of a deferred projection while $CLIENTS clients append for ${LAG_SECONDS}s" \
 		"(lag_seconds sampled every 100 ms: $LAG_SAMPLES samples; appends $(fmt_num "$LAG_TPS") tps)"
 	echo "   p50 ${LAG_P50}s   p99 ${LAG_P99}s   max ${LAG_MAX}s"
+fi
+
+if [ -z "$BASELINE_ONLY" ] && { want replay || want reconcile || want verify; }; then
+	print_replay_rows
 fi
 
 echo

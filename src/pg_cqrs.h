@@ -176,6 +176,8 @@ extern void CqrsDigestCompact(const char *projection, Oid relid);
 extern void CqrsDigestSet(const char *projection, Oid relid, const CqrsBuckets *digest);
 extern void CqrsDigestAttach(Oid relid);
 extern void CqrsDigestDetach(Oid relid);
+extern void CqrsDigestSuspend(Oid relid);
+extern void CqrsDigestResume(Oid relid);
 extern void CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
 							const bool *wanted, CqrsRowVisitor visit, void *arg);
 
