@@ -978,7 +978,9 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 
 		if (!ConditionalLockRelationOid(oids->projections, RowExclusiveLock) ||
 			!ConditionalLockRelationOid(oids->events, AccessShareLock) ||
-			!ConditionalLockRelationOid(oids->skipped_events, AccessShareLock))
+			!ConditionalLockRelationOid(oids->skipped_events, AccessShareLock) ||
+			(OidIsValid(oids->projection_digests) &&
+			 !ConditionalLockRelationOid(oids->projection_digests, RowExclusiveLock)))
 		{
 			result->state = 'b';
 			return;
