@@ -580,6 +580,49 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 	return result;
 }
 
+/* ----------------------------------------------------------------
+ * Appending from C (change capture)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * CqrsAppendEvent
+ *		Append one event to stream, at whatever version the stream is at, with
+ *		a generated id; return its position.
+ *
+ * For callers inside the extension that build events themselves (the
+ * capture triggers of capture.c).  The event gets the same checks as one
+ * given to cqrs.append: non-empty stream and type, metadata an object (NULL
+ * means {}), and cqrs.max_event_size.  Memory is allocated in the caller's
+ * context; privileges on cqrs.events are those of the current user id.
+ */
+int64
+CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata)
+{
+	NewEvent	ev;
+
+	if (stream == NULL || VARSIZE_ANY_EXHDR(stream) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream must not be empty")));
+	if (type == NULL || VARSIZE_ANY_EXHDR(type) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("type must not be empty")));
+	if (data == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("data must not be null")));
+
+	memset(&ev, 0, sizeof(ev));
+	ev.type = type;
+	ev.data = data;
+	ev.metadata = check_metadata(metadata, "the event");
+	check_event_size(&ev, "the event");
+
+	return append_to_stream(stream, &ev, 1, false, 0).position;
+}
+
 /*
  * The (version bigint, position bigint) row type of both append functions,
  * built and blessed once per backend.

@@ -32,6 +32,7 @@
 #include "postgres.h"
 
 #include "storage/lockdefs.h"
+#include "utils/jsonb.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 #include "utils/uuid.h"
@@ -62,6 +63,10 @@ extern void CqrsHorizonBeginAppend(Relation events);
 extern void CqrsHorizonNoteAllocated(int64 position);
 extern TransactionId CqrsHorizonHolder(int64 position);
 extern int64 CqrsSafePosition(Relation events);
+
+/* append.c */
+extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
+							 Jsonb *metadata);
 
 /* eventlog.c */
 typedef struct CqrsEventLogOids
