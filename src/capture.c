@@ -16,10 +16,12 @@
  *
  * The format, fixed here and documented in the README:
  *
- *	stream		<category>-<key>.  <key> is the primary key's text output;
- *				for a composite key the column values in key-column order,
- *				each with '\' and ',' escaped by a '\', joined by ','.
- *				Distinct keys therefore give distinct streams.  The
+ *	stream		<category>-<key>.  <key> is the primary key's text output
+ *				(printed with fixed DateStyle, TimeZone etc., so that it
+ *				does not depend on the writing session); for a composite
+ *				key the column values in key-column order, each with '\'
+ *				and ',' escaped by a '\', joined by ','.  Distinct keys
+ *				therefore give distinct streams.  The
  *				category may not contain '-' (cqrs.category() must find it
  *				again) and one category belongs to one table.
  *	type		<name>.inserted | <name>.updated | <name>.deleted, <name>
@@ -92,6 +94,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -137,6 +140,7 @@ typedef struct CaptureInfo
 	int			nkeys;
 	AttrNumber *keyattrs;		/* primary key columns, in key order */
 	FmgrInfo   *keyout;			/* their output functions */
+	bool		fixed_style;	/* print the key with fixed settings */
 	FmgrInfo	to_jsonb;		/* to_jsonb(<row type>) */
 } CaptureInfo;
 
@@ -350,7 +354,7 @@ make_metadata(const char *source, const char *key, text *stream)
  * row tries again.
  */
 static void
-capture_info_build(CaptureInfo *info, Relation rel)
+capture_info_build(CaptureInfo *info, Relation rel, const char *tgname)
 {
 	char	   *category;
 	char	   *type_prefix;
@@ -365,7 +369,7 @@ capture_info_build(CaptureInfo *info, Relation rel)
 				 errmsg("table \"%s\" is not captured",
 						RelationGetRelationName(rel)),
 				 errdetail("Trigger \"%s\" calls cqrs.capture_trigger(), but cqrs.captures has no row for the table.",
-						   CAPTURE_ROW_TRIGGER),
+						   tgname),
 				 errhint("Drop the triggers \"%s\" and \"%s\" and call cqrs.capture() on the table.",
 						 CAPTURE_ROW_TRIGGER, CAPTURE_TRUNCATE_TRIGGER)));
 
@@ -400,6 +404,7 @@ capture_info_build(CaptureInfo *info, Relation rel)
 
 	pk = index_open(pkoid, AccessShareLock);
 	info->nkeys = pk->rd_index->indnkeyatts;
+	info->fixed_style = false;
 	info->keyattrs = palloc(info->nkeys * sizeof(AttrNumber));
 	info->keyout = palloc(info->nkeys * sizeof(FmgrInfo));
 	for (int i = 0; i < info->nkeys; i++)
@@ -408,10 +413,29 @@ capture_info_build(CaptureInfo *info, Relation rel)
 		Oid			outfunc;
 		bool		isvarlena;
 
+		Oid			typid = TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid;
+
 		info->keyattrs[i] = attnum;
-		getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid,
-						  &outfunc, &isvarlena);
+		getTypeOutputInfo(typid, &outfunc, &isvarlena);
 		fmgr_info_cxt(outfunc, &info->keyout[i], info->cxt);
+		switch (getBaseType(typid))
+		{
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case NUMERICOID:
+			case OIDOID:
+			case BOOLOID:
+			case CHAROID:
+			case NAMEOID:
+			case TEXTOID:
+			case VARCHAROID:
+			case BPCHAROID:
+			case UUIDOID:
+				break;
+			default:
+				info->fixed_style = true;
+		}
 	}
 	index_close(pk, AccessShareLock);
 
@@ -432,7 +456,7 @@ capture_info_build(CaptureInfo *info, Relation rel)
 }
 
 static CaptureInfo *
-capture_info(Relation rel)
+capture_info(Relation rel, const char *tgname)
 {
 	Oid			relid = RelationGetRelid(rel);
 	CaptureInfo *info;
@@ -456,7 +480,7 @@ capture_info(Relation rel)
 		info->cxt = NULL;
 	}
 	if (!info->valid)
-		capture_info_build(info, rel);
+		capture_info_build(info, rel, tgname);
 	return info;
 }
 
@@ -477,12 +501,36 @@ append_escaped(StringInfo buf, const char *s)
 	}
 }
 
+/*
+ * The settings a key is printed with when its type's output may depend on
+ * them (dates, times, intervals, floats, bytea, and any type not known to
+ * print the same everywhere): the stream of a row must not depend on the
+ * writing session's TimeZone or DateStyle.
+ */
+static const char *const key_style[][2] = {
+	{"datestyle", "ISO, YMD"},
+	{"intervalstyle", "postgres"},
+	{"timezone", "UTC"},
+	{"extra_float_digits", "1"},
+	{"bytea_output", "hex"},
+};
+
 /* The stream of a row: <category>-<key>, see the file header. */
 static text *
 row_stream(CaptureInfo *info, HeapTuple tuple, TupleDesc desc)
 {
 	StringInfoData buf;
 	text	   *result;
+	int			nestlevel = -1;
+
+	if (info->fixed_style)
+	{
+		nestlevel = NewGUCNestLevel();
+		for (int i = 0; i < lengthof(key_style); i++)
+			(void) set_config_option(key_style[i][0], key_style[i][1],
+									 PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
+	}
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, info->category);
@@ -507,6 +555,8 @@ row_stream(CaptureInfo *info, HeapTuple tuple, TupleDesc desc)
 			append_escaped(&buf, s);
 		}
 	}
+	if (nestlevel >= 0)
+		AtEOXact_GUC(true, nestlevel);
 	result = cstring_to_text_with_len(buf.data, buf.len);
 	pfree(buf.data);
 	return result;
@@ -620,7 +670,7 @@ cqrs_capture_trigger(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("cqrs.capture_trigger() must be called AFTER, FOR EACH ROW, or BEFORE TRUNCATE")));
 
-	info = capture_info(rel);
+	info = capture_info(rel, trigdata->tg_trigger->tgname);
 	desc = RelationGetDescr(rel);
 
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "pg_cqrs captured row",
@@ -643,14 +693,14 @@ cqrs_capture_trigger(PG_FUNCTION_ARGS)
 		HeapTuple	row = trigdata->tg_trigtuple;
 
 		CqrsAppendEvent(row_stream(info, row, desc), info->types[OP_INSERTED],
-						row_data(info, row, desc), info->metadata);
+						row_data(info, row, desc), info->metadata, false);
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(event))
 	{
 		HeapTuple	row = trigdata->tg_trigtuple;
 
 		CqrsAppendEvent(row_stream(info, row, desc), info->types[OP_DELETED],
-						row_data(info, row, desc), info->metadata);
+						row_data(info, row, desc), info->metadata, false);
 	}
 	else if (TRIGGER_FIRED_BY_UPDATE(event))
 	{
@@ -666,14 +716,14 @@ cqrs_capture_trigger(PG_FUNCTION_ARGS)
 			/* a key change: end the old stream, start the new one */
 			CqrsAppendEvent(oldstream, info->types[OP_DELETED],
 							row_data(info, oldrow, desc),
-							make_metadata(info->source, "moved_to", newstream));
+							make_metadata(info->source, "moved_to", newstream), false);
 			CqrsAppendEvent(newstream, info->types[OP_INSERTED],
 							row_data(info, newrow, desc),
-							make_metadata(info->source, "moved_from", oldstream));
+							make_metadata(info->source, "moved_from", oldstream), false);
 		}
 		else if (!rows_identical(oldrow, newrow, desc))
 			CqrsAppendEvent(newstream, info->types[OP_UPDATED],
-							row_data(info, newrow, desc), info->metadata);
+							row_data(info, newrow, desc), info->metadata, false);
 	}
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);

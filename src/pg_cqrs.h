@@ -66,7 +66,7 @@ extern int64 CqrsSafePosition(Relation events);
 
 /* append.c */
 extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
-							 Jsonb *metadata);
+							 Jsonb *metadata, bool lock_stream);
 
 /* eventlog.c */
 typedef struct CqrsEventLogOids
