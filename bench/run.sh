@@ -186,7 +186,7 @@ reset_state() {
 	{
 		echo 'SET client_min_messages = warning;'
 		if [ -z "$BASELINE_ONLY" ]; then
-			echo 'DROP SCHEMA IF EXISTS bench_proj CASCADE;'
+			echo 'DROP SCHEMA IF EXISTS bench_proj, bench_cap CASCADE;'
 			echo 'DROP EXTENSION pg_cqrs;'
 			echo 'CREATE EXTENSION pg_cqrs;'
 		fi
