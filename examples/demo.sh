@@ -401,7 +401,7 @@ SELECT name, state, position, lag_events, error_position FROM cqrs.projection_st
 SELECT * FROM orders.customer_stats ORDER BY customer;
 SQL
 
-heading "10. Change capture: a CRUD table as a source of events"
+heading "8. Change capture: a CRUD table as a source of events"
 say <<'EOF2'
 examples/orders/05_capture.sql keeps the product catalogue in an ordinary
 table, orders.products, edited with plain INSERT, UPDATE and DELETE, and
