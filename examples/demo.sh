@@ -411,7 +411,7 @@ products.inserted / updated / deleted, the row as data -- and a sync
 projection keeps each product's price history from those events.  An UPDATE
 that changes nothing appends nothing; TRUNCATE is refused.
 EOF2
-session_run main <<'SQL'
+session_run main 0A000 <<'SQL'
 SELECT cqrs.create_projection('price_history', 'orders.apply_price_history',
                               'sync', tables => '{orders.price_history}',
                               categories => '{product}');
