@@ -22,7 +22,8 @@ OBJS = \
 	src/projection.o \
 	src/worker.o \
 	src/digest.o \
-	src/replay.o
+	src/replay.o \
+	src/capture.o
 
 CQRS_HEADERS = src/pg_cqrs.h src/compat.h
 PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

@@ -15,7 +15,7 @@
 #   BENCH_QUICK=1   same as --quick
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
-#                   single,multi,batch,race,sync,deferred,lag,
+#                   single,multi,batch,race,sync,deferred,lag,capture,
 #                   replay,reconcile,verify
 #                                                     (default all)
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
@@ -53,7 +53,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag,replay,reconcile,verify}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag,capture,replay,reconcile,verify}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -65,7 +65,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|sync|deferred|lag|replay|reconcile|verify) ;;
+	case $g in single|multi|batch|race|sync|deferred|lag|capture|replay|reconcile|verify) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -160,6 +160,8 @@ side_script() {
 		race_append) echo race_append.sql ;;
 		race_plpgsql) echo race_plpgsql.sql ;;
 		sync_projection|sync_trigger) echo append.sql ;;
+		captured) echo capture_insert.sql ;;
+		uncaptured) echo plain_insert.sql ;;
 	esac
 }
 side_table() {
@@ -167,6 +169,8 @@ side_table() {
 		append|append_events|race_append|sync_*) echo cqrs.events ;;
 		raw|raw_batch) echo bench.raw_events ;;
 		plpgsql|race_plpgsql) echo bench.pl_events ;;
+		captured) echo bench_cap.captured ;;
+		uncaptured) echo bench_cap.plain ;;
 	esac
 }
 side_rows() {
@@ -176,7 +180,7 @@ side_rows() {
 	esac
 }
 side_needs_cqrs() {
-	case $1 in append|append_events|race_append|sync_*) return 0 ;; *) return 1 ;; esac
+	case $1 in append|append_events|race_append|sync_*|captured|uncaptured) return 0 ;; *) return 1 ;; esac
 }
 
 # Everything back to empty, then a CHECKPOINT so that every run starts with
@@ -185,8 +189,7 @@ reset_state() {
 	{
 		echo 'SET client_min_messages = warning;'
 		if [ -z "$BASELINE_ONLY" ]; then
-			echo 'DROP SCHEMA IF EXISTS bench_proj CASCADE;'
-			echo 'DROP SCHEMA IF EXISTS bench_rm CASCADE;'
+			echo 'DROP SCHEMA IF EXISTS bench_proj, bench_cap, bench_rm CASCADE;'
 			echo 'DROP EXTENSION pg_cqrs;'
 			echo 'CREATE EXTENSION pg_cqrs;'
 		fi
@@ -226,6 +229,7 @@ run_side() {
 	fi
 	reset_state
 	projection_side_setup "$side"
+	capture_side_setup "$side"
 	cqrs_psql -c CHECKPOINT >/dev/null
 	if cqrs_as_owner "$CQRS_BINDIR/pgbench" -n -M prepared -c "$clients" -j "$threads" \
 			-T "$RUN_SECONDS" "${args[@]}" -f "$SCRIPTS/$(side_script "$side")" \
@@ -251,6 +255,7 @@ run_side() {
 		echo "  WARNING: $side wrote $rows rows for $processed transactions (expected $want_rows)"
 	fi
 	projection_side_check "$side"
+	capture_side_check "$side"
 
 	TPS[$key]="${TPS[$key]:-} $tps"
 	PROCESSED[$key]="${PROCESSED[$key]:-} $processed"
@@ -312,11 +317,28 @@ source "$BENCH_DIR/projections.sh"
 # shellcheck source=bench/replay.sh
 source "$BENCH_DIR/replay.sh"
 
+# The capture group: INSERT into a captured table (the row and its event,
+# appended by the capture trigger) vs into an identical uncaptured table.
+capture_side_setup() {
+	case $1 in captured|uncaptured) cqrs_psql -f "$SCRIPTS/capture_setup.sql" >/dev/null ;; esac
+}
+capture_side_check() {
+	local rows events
+	[ "$1" = captured ] || return 0
+	rows=$(cqrs_psql -tAc "SELECT count(*) FROM bench_cap.captured")
+	events=$(cqrs_psql -tAc "SELECT count(*) FROM cqrs.events WHERE type = 'captured.inserted'")
+	[ "$rows" = "$events" ] || echo "  WARNING: $rows captured rows but $events events"
+}
+
 start=$(date +%s)
 want single && run_group single 1 append raw plpgsql
 want multi && run_group multi "$CLIENTS" append raw plpgsql
 want batch && run_group batch 1 append_events raw_batch
 want race && run_group race "$CLIENTS" race_append race_plpgsql
+if [ -z "$BASELINE_ONLY" ]; then
+	want capture && run_group capture 1 captured uncaptured
+	want capture && run_group capture_multi "$CLIENTS" captured uncaptured
+fi
 if [ -z "$BASELINE_ONLY" ]; then
 	want sync && run_group sync "$CLIENTS" sync_projection sync_trigger
 	want deferred && run_deferred_group
@@ -372,6 +394,11 @@ fi
 if want race; then
 	row 4 "race on $RACE_STREAMS streams: cqrs vs PL/pgSQL store" "$CLIENTS" \
 		race/race_append race/race_plpgsql tps
+fi
+if want capture && [ -z "$BASELINE_ONLY" ]; then
+	row 8 'INSERT into captured vs uncaptured table' 1 capture/captured capture/uncaptured tps
+	row 8 'INSERT into captured vs uncaptured table' "$CLIENTS" \
+		capture_multi/captured capture_multi/uncaptured tps
 fi
 if want sync && [ -z "$BASELINE_ONLY" ]; then
 	row 5 'append + sync projection vs PL/pgSQL trigger' "$CLIENTS" \

@@ -444,4 +444,28 @@ SELECT * FROM orders.customer_stats ORDER BY customer;
 SELECT table_name, rows, matches FROM cqrs.verify('customer_stats');
 SQL
 
+heading "9. Change capture: a CRUD table as a source of events"
+say <<'EOF2'
+examples/orders/05_capture.sql keeps the product catalogue in an ordinary
+table, orders.products, edited with plain INSERT, UPDATE and DELETE, and
+captures it: cqrs.capture('orders.products', 'product').  Every row change
+appends an event in the same transaction -- stream product-<sku>, type
+products.inserted / updated / deleted, the row as data -- and a sync
+projection keeps each product's price history from those events.  An UPDATE
+that changes nothing appends nothing; TRUNCATE is refused.
+EOF2
+session_run main 0A000 <<'SQL'
+SELECT cqrs.create_projection('price_history', 'orders.apply_price_history',
+                              'sync', tables => '{orders.price_history}',
+                              categories => '{product}');
+INSERT INTO orders.products VALUES ('MUG-7', 'Mug', 9.00), ('INK-1', 'Ink', 4.00);
+UPDATE orders.products SET price = 9.50 WHERE sku = 'MUG-7';
+UPDATE orders.products SET name = 'Blue mug' WHERE sku = 'MUG-7';
+UPDATE orders.products SET price = price;
+DELETE FROM orders.products WHERE sku = 'INK-1';
+SELECT stream, version, type, data, metadata FROM cqrs.read_all(categories => '{product}');
+SELECT * FROM orders.price_history ORDER BY sku, version;
+TRUNCATE orders.products;
+SQL
+
 echo "Done: the demo's cluster is stopped and removed.  The domain is in examples/orders/."

@@ -495,10 +495,12 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 
 /*
  * Append n validated events to stream.  See the file header for the steps.
+ * lock_stream is false only for callers that serialise the stream's
+ * appends by other means (see CqrsAppendEvent).
  */
 static AppendResult
 append_to_stream(text *stream, NewEvent *evs, int n,
-				 bool has_expected, int64 expected)
+				 bool has_expected, int64 expected, bool lock_stream)
 {
 	Relation	events;
 	Snapshot	snapshot;
@@ -511,7 +513,8 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 	Oid			seq;
 
 	events = CqrsOpenEventLog(RowExclusiveLock);
-	CqrsLockStream(VARDATA_ANY(stream), VARSIZE_ANY_EXHDR(stream));
+	if (lock_stream)
+		CqrsLockStream(VARDATA_ANY(stream), VARSIZE_ANY_EXHDR(stream));
 
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 
@@ -578,6 +581,61 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 	result.version = versions[n - 1];
 	result.position = positions[n - 1];
 	return result;
+}
+
+/* ----------------------------------------------------------------
+ * Appending from C (change capture)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * CqrsAppendEvent
+ *		Append one event to stream, at whatever version the stream is at, with
+ *		a generated id; return its position.
+ *
+ * For callers inside the extension that build events themselves (the
+ * capture triggers of capture.c).  The event gets the same checks as one
+ * given to cqrs.append: non-empty stream and type, metadata an object (NULL
+ * means {}), and cqrs.max_event_size.  Memory is allocated in the caller's
+ * context; privileges on cqrs.events are those of the current user id.
+ *
+ * lock_stream false skips the stream lock.  The lock is a transaction-level
+ * lock per stream, so a transaction appending to many streams holds as many
+ * entries of the shared lock table, which is sized for tens of locks per
+ * transaction: a bulk write to a captured table, one stream per row, would
+ * run out of shared memory after a few thousand rows.  Capture does not
+ * need the lock, because the captured table's own row locks and unique
+ * index already make changes to one key (one stream) wait for each other's
+ * commit.  Without it, an append made concurrently by another path to the
+ * same stream is still never lost or misnumbered: one of the two fails on
+ * the unique (stream, version) index.
+ */
+int64
+CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata,
+				bool lock_stream)
+{
+	NewEvent	ev;
+
+	if (stream == NULL || VARSIZE_ANY_EXHDR(stream) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream must not be empty")));
+	if (type == NULL || VARSIZE_ANY_EXHDR(type) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("type must not be empty")));
+	if (data == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("data must not be null")));
+
+	memset(&ev, 0, sizeof(ev));
+	ev.type = type;
+	ev.data = data;
+	ev.metadata = check_metadata(metadata, "the event");
+	check_event_size(&ev, "the event");
+
+	return append_to_stream(stream, &ev, 1, false, 0, lock_stream).position;
 }
 
 /*
@@ -667,7 +725,7 @@ append_one(FunctionCallInfo fcinfo)
 	}
 	check_event_size(&ev, "the event");
 
-	return append_to_stream(stream, &ev, 1, has_expected, expected);
+	return append_to_stream(stream, &ev, 1, has_expected, expected, true);
 }
 
 static AppendResult
@@ -705,7 +763,7 @@ append_many(FunctionCallInfo fcinfo)
 		parse_event(elem, i + 1, &evs[i]);
 	}
 
-	return append_to_stream(stream, evs, n, has_expected, expected);
+	return append_to_stream(stream, evs, n, has_expected, expected, true);
 }
 
 /*

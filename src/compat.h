@@ -49,6 +49,19 @@
 	pg_proc_aclcheck((procoid), (roleid), (mode))
 #endif
 
+/* PG16 folded pg_class_ownercheck() and pg_namespace_aclcheck() into object_*(). */
+#if PG_VERSION_NUM >= 160000
+#define cqrs_class_ownercheck(relid, roleid) \
+	object_ownercheck(RelationRelationId, (relid), (roleid))
+#define cqrs_namespace_aclcheck(nspid, roleid, mode) \
+	object_aclcheck(NamespaceRelationId, (nspid), (roleid), (mode))
+#else
+#define cqrs_class_ownercheck(relid, roleid) \
+	pg_class_ownercheck((relid), (roleid))
+#define cqrs_namespace_aclcheck(nspid, roleid, mode) \
+	pg_namespace_aclcheck((nspid), (roleid), (mode))
+#endif
+
 /* PG17 taught RelationGetPrimaryKeyIndex() about deferrable keys. */
 #if PG_VERSION_NUM >= 170000
 #define CqrsRelationGetPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex((rel), false)

@@ -34,6 +34,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "storage/lockdefs.h"
+#include "utils/jsonb.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 #include "utils/uuid.h"
@@ -64,6 +65,10 @@ extern void CqrsHorizonBeginAppend(Relation events);
 extern void CqrsHorizonNoteAllocated(int64 position);
 extern TransactionId CqrsHorizonHolder(int64 position);
 extern int64 CqrsSafePosition(Relation events);
+
+/* append.c */
+extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
+							 Jsonb *metadata, bool lock_stream);
 
 /* eventlog.c */
 typedef struct CqrsEventLogOids
