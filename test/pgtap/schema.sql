@@ -44,8 +44,8 @@ SELECT results_eq(
 SELECT set_eq(
     $$SELECT unnest(extconfig)::regclass::text FROM pg_extension WHERE extname = 'pg_cqrs'$$,
     ARRAY['cqrs.events', 'cqrs.events_position_seq', 'cqrs.projections', 'cqrs.skipped_events',
-          'cqrs.captures'],
-    'extconfig holds the log, its sequence and the projection and capture catalogs');
+          'cqrs.captures', 'cqrs.projection_digests'],
+    'extconfig holds the log, its sequence and the projection, digest and capture catalogs');
 SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'pg_cqrs'), false,
           'the extension is not relocatable');
 
