@@ -20,7 +20,9 @@ OBJS = \
 	src/read.o \
 	src/guard.o \
 	src/projection.o \
-	src/worker.o
+	src/worker.o \
+	src/decoder.o \
+	src/outbox.o
 
 CQRS_HEADERS = src/pg_cqrs.h src/compat.h
 PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
