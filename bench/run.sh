@@ -15,10 +15,11 @@
 #   BENCH_QUICK=1   same as --quick
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
-#                   single,multi,batch,race,sync,deferred,lag
+#                   single,multi,batch,race,sync,deferred,lag,outbox
 #                                                     (default all)
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
+#   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
 #   BENCH_SHARED_BUFFERS                              (default 1GB)
 #   BENCH_LOG_DIR   where every pgbench output is kept (default a new
 #                   /tmp/pg_cqrs_bench.XXXXXX)
@@ -50,7 +51,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag,outbox}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -62,7 +63,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|sync|deferred|lag) ;;
+	case $g in single|multi|batch|race|sync|deferred|lag|outbox) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -97,6 +98,8 @@ conf=(
 	"autovacuum = off"			# every run starts from empty tables
 )
 [ -n "$BASELINE_ONLY" ] && conf+=("shared_preload_libraries = ''")
+# outbox: wal2json is decoded side by side with pg_cqrs when installed
+conf+=("output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs, wal2json'")
 DURABILITY="durable commits (fsync, synchronous_commit on)"
 if [ -n "${BENCH_SYNCHRONOUS_COMMIT:-}" ]; then
 	case $BENCH_SYNCHRONOUS_COMMIT in
@@ -305,6 +308,8 @@ paired() { # shellcheck disable=SC2086
 
 # shellcheck source=bench/projections.sh
 source "$BENCH_DIR/projections.sh"
+# shellcheck source=bench/outbox.sh
+source "$BENCH_DIR/outbox.sh"
 
 start=$(date +%s)
 want single && run_group single 1 append raw plpgsql
@@ -315,6 +320,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 	want sync && run_group sync "$CLIENTS" sync_projection sync_trigger
 	want deferred && run_deferred_group
 	want lag && run_lag
+	want outbox && run_outbox_group
 fi
 elapsed=$(($(date +%s) - start))
 
@@ -371,6 +377,12 @@ fi
 if want deferred && [ -z "$BASELINE_ONLY" ]; then
 	row 6 'deferred: worker vs SELECT handler(e) loop' 1 \
 		deferred/worker deferred/plain_loop ev/s 0.80
+fi
+
+if want outbox && [ -z "$BASELINE_ONLY" ]; then
+	row 8 "outbox: decode ${OUTBOX_EVENTS} ev: pg_cqrs vs wal2json" 1 \
+		outbox/pg_cqrs outbox/wal2json ev/s 1.0
+	row 8 "  (pg_cqrs vs test_decoding)" 1 outbox/pg_cqrs outbox/test_decoding ev/s
 fi
 
 if want race; then
