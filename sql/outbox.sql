@@ -104,7 +104,7 @@ SELECT outbox_consume();
 SELECT position FROM cqrs.append('big-1', 'Big',
     (SELECT jsonb_agg(md5(i::text)) FROM generate_series(1, 20000) i));
 SELECT pg_relation_size(reltoastrelid) > 0 AS toasted FROM pg_class WHERE oid = 'cqrs.events'::regclass;
-SELECT octet_length(c.data) AS length, (c.data::json->'data')::jsonb = e.data AS data_ok
+SELECT octet_length(c.data) > 700000 AS whole, (c.data::json->'data')::jsonb = e.data AS data_ok
   FROM pg_logical_slot_peek_changes('outbox', NULL, NULL) c
   JOIN cqrs.events e ON e.stream = 'big-1';
 SELECT outbox_consume();

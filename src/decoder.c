@@ -369,6 +369,8 @@ is_event_log(Relation rel)
 
 	nspname = get_namespace_name(RelationGetNamespace(rel));
 	match = nspname != NULL && strcmp(nspname, "cqrs") == 0;
+	if (nspname != NULL)
+		pfree(nspname);
 	desc = RelationGetDescr(rel);
 	if (match && desc->natts < Natts_events)
 		match = false;
