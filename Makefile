@@ -23,7 +23,9 @@ OBJS = \
 	src/worker.o \
 	src/digest.o \
 	src/replay.o \
-	src/capture.o
+	src/capture.o \
+	src/decoder.o \
+	src/outbox.o
 
 CQRS_HEADERS = src/pg_cqrs.h src/compat.h
 PG_CFLAGS   = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

@@ -16,10 +16,11 @@
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
 #                   single,multi,batch,race,sync,deferred,lag,capture,
-#                   replay,reconcile,verify
+#                   outbox,replay,reconcile,verify
 #                                                     (default all)
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
+#   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
 #   BENCH_REPLAY_EVENTS    size of the replay/reconcile/verify log (1000000)
 #   BENCH_REPLAY_ROUNDS    rounds of those groups     (default 3)
 #   BENCH_SHARED_BUFFERS                              (default 1GB)
@@ -53,7 +54,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag,capture,replay,reconcile,verify}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag,capture,outbox,replay,reconcile,verify}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -65,7 +66,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|sync|deferred|lag|capture|replay|reconcile|verify) ;;
+	case $g in single|multi|batch|race|sync|deferred|lag|capture|outbox|replay|reconcile|verify) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -100,6 +101,8 @@ conf=(
 	"autovacuum = off"			# every run starts from empty tables
 )
 [ -n "$BASELINE_ONLY" ] && conf+=("shared_preload_libraries = ''")
+# outbox: wal2json is decoded side by side with pg_cqrs when installed
+conf+=("output_plugin_libraries = 'pgoutput, test_decoding, pg_cqrs, wal2json'")
 DURABILITY="durable commits (fsync, synchronous_commit on)"
 if [ -n "${BENCH_SYNCHRONOUS_COMMIT:-}" ]; then
 	case $BENCH_SYNCHRONOUS_COMMIT in
@@ -329,6 +332,8 @@ capture_side_check() {
 	events=$(cqrs_psql -tAc "SELECT count(*) FROM cqrs.events WHERE type = 'captured.inserted'")
 	[ "$rows" = "$events" ] || echo "  WARNING: $rows captured rows but $events events"
 }
+# shellcheck source=bench/outbox.sh
+source "$BENCH_DIR/outbox.sh"
 
 start=$(date +%s)
 want single && run_group single 1 append raw plpgsql
@@ -346,6 +351,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 	if want replay || want reconcile || want verify; then
 		run_replay_groups
 	fi
+	want outbox && run_outbox_group
 fi
 elapsed=$(($(date +%s) - start))
 
@@ -407,6 +413,12 @@ fi
 if want deferred && [ -z "$BASELINE_ONLY" ]; then
 	row 6 'deferred: worker vs SELECT handler(e) loop' 1 \
 		deferred/worker deferred/plain_loop ev/s 0.80
+fi
+
+if want outbox && [ -z "$BASELINE_ONLY" ]; then
+	row 8 "outbox: decode ${OUTBOX_EVENTS} ev: pg_cqrs vs wal2json" 1 \
+		outbox/pg_cqrs outbox/wal2json ev/s 1.0
+	row 8 "  (pg_cqrs vs test_decoding)" 1 outbox/pg_cqrs outbox/test_decoding ev/s
 fi
 
 if want race; then

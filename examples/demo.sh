@@ -468,4 +468,45 @@ SELECT * FROM orders.price_history ORDER BY sku, version;
 TRUNCATE orders.products;
 SQL
 
+heading "10. The outbox: streaming the log to other services"
+say <<'EOF2'
+A logical replication slot with the pg_cqrs output plugin streams every
+committed event, in commit order, one JSON object a line, to whoever reads
+the slot (pg_recvlogical here; Kafka Connect or any replication client in
+production).  examples/orders/06_outbox.sql ships an order and, in the same
+transaction, publishes a notification with cqrs.publish: a message that
+lives in the WAL only and is streamed only if its transaction commits.  The
+transaction that rolls back below leaves no trace in the stream.
+EOF2
+session_run main <<'SQL'
+SELECT 'created' AS slot FROM pg_create_logical_replication_slot('demo_outbox', 'pg_cqrs');
+SQL
+session_run main <<'SQL'
+SELECT * FROM orders.place_order('2001', 'alice', '[{"sku": "LAMP-2", "qty": 1, "price": 30.00}]');
+SELECT * FROM orders.pay_order('2001', 30.00);
+SELECT * FROM orders.ship_order_and_notify('2001', 'UPS');
+UPDATE orders.products SET price = 8.50 WHERE sku = 'MUG-7';
+BEGIN;
+SELECT * FROM orders.place_order('2002', 'alice', '[{"sku": "LAMP-2", "qty": 9, "price": 30.00}]');
+SELECT cqrs.publish('notifications', '{"never": "sent"}');
+ROLLBACK;
+SELECT name, active, lag_bytes > 0 AS behind, lag_events, wal_status FROM cqrs.outbox_status;
+SQL
+end_lsn=$(cqrs_psql -d "$DB" -Atc 'SELECT pg_current_wal_lsn()')
+echo "\$ pg_recvlogical -d $DB --slot demo_outbox --start --endpos $end_lsn -f - -o categories=order,product"
+cqrs_as_owner "$CQRS_BINDIR/pg_recvlogical" -d "$DB" --slot demo_outbox --start \
+	--endpos "$end_lsn" --no-loop -f - -o categories=order,product ||
+	die "pg_recvlogical failed"
+echo
+say <<'EOF2'
+The consumer confirmed what it received: the slot no longer lags.  A
+consumer deduplicates by "id" (delivery is at least once: after a crash the
+unconfirmed transactions come again).  A slot nobody reads keeps WAL
+forever, so drop it when done (and set max_slot_wal_keep_size).
+EOF2
+session_run main <<'SQL'
+SELECT name, active, lag_events, wal_status FROM cqrs.outbox_status;
+SELECT pg_drop_replication_slot('demo_outbox');
+SQL
+
 echo "Done: the demo's cluster is stopped and removed.  The domain is in examples/orders/."

@@ -69,4 +69,62 @@
 #define CqrsRelationGetPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel)
 #endif
 
+/*
+ * Logical decoding (decoder.c, outbox.c).
+ *
+ * PG17 hands output plugins the new tuple of a change as a HeapTuple
+ * rather than a ReorderBufferTupleBuf.
+ */
+#if PG_VERSION_NUM >= 170000
+#define CqrsChangeNewTuple(change) ((change)->data.tp.newtuple)
+#else
+#define CqrsChangeNewTuple(change) \
+	((change)->data.tp.newtuple ? &(change)->data.tp.newtuple->tuple : NULL)
+#endif
+
+/* PG17 added a "flush" argument to LogLogicalMessage(). */
+#if PG_VERSION_NUM >= 170000
+#define CqrsLogLogicalMessage(prefix, message, size, transactional) \
+	LogLogicalMessage((prefix), (message), (size), (transactional), false)
+#else
+#define CqrsLogLogicalMessage(prefix, message, size, transactional) \
+	LogLogicalMessage((prefix), (message), (size), (transactional))
+#endif
+
+/*
+ * Up to PG15 an output plugin that filters out most changes of a large
+ * transaction must itself call OutputPluginUpdateProgress now and then
+ * (pgoutput's update_replication_progress()), or the walsender sends
+ * nothing for so long that the receiver times out.  PG16 moved that into
+ * the reorder buffer (update_progress_txn), so plugins no longer do it.
+ */
+#if PG_VERSION_NUM < 160000
+#define CQRS_DECODER_PROGRESS_IN_TXN 1
+#else
+#define CQRS_DECODER_PROGRESS_IN_TXN 0
+#endif
+
+/* Whether s[0..len) is valid JSON; PG17 reworked the lexer's constructor. */
+#include "common/jsonapi.h"
+
+static inline bool
+CqrsJsonIsValid(const char *s, int len, int encoding)
+{
+#if PG_VERSION_NUM >= 170000
+	JsonLexContext lex;
+	bool		ok;
+
+	makeJsonLexContextCstringLen(&lex, s, len, encoding, false);
+	ok = pg_parse_json(&lex, &nullSemAction) == JSON_SUCCESS;
+	freeJsonLexContext(&lex);
+	return ok;
+#else
+	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) s, len, encoding, false);
+	bool		ok = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+
+	pfree(lex);
+	return ok;
+#endif
+}
+
 #endif							/* PG_CQRS_COMPAT_H */

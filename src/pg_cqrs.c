@@ -105,6 +105,7 @@ cqrs_shmem_request(void)
 		prev_shmem_request_hook();
 	CqrsHorizonShmemRequest();
 	CqrsWorkerShmemRequest();
+	CqrsOutboxShmemRequest();	/* outbox */
 }
 
 static void
@@ -114,4 +115,5 @@ cqrs_shmem_startup(void)
 		prev_shmem_startup_hook();
 	CqrsHorizonShmemStartup();
 	CqrsWorkerShmemStartup();
+	CqrsOutboxShmemStartup();	/* outbox */
 }

@@ -33,6 +33,7 @@
 
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "access/xlogdefs.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
@@ -194,5 +195,27 @@ extern void CqrsWakeWorker(Oid dboid);
 extern void CqrsWakeLauncherAtCommit(void);
 extern void CqrsWaitForProgress(long ms);
 extern void CqrsWaitForProgressDone(void);
+
+/* outbox.c (the output plugin itself is decoder.c, which exports nothing) */
+#define CQRS_MESSAGE_PREFIX "pg_cqrs"
+
+typedef struct CqrsPublished
+{
+	pg_uuid_t	id;
+	const char *topic;
+	int			topic_len;
+	const char *key;			/* NULL: no key */
+	int			key_len;
+	const char *payload;		/* JSON text, validated */
+	int			payload_len;
+} CqrsPublished;
+
+struct ReplicationSlot;
+extern bool CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg);
+extern void CqrsOutboxShmemRequest(void);
+extern void CqrsOutboxShmemStartup(void);
+extern void CqrsOutboxForgetSlot(const char *name);
+extern void CqrsOutboxNoteDecoded(struct ReplicationSlot *slot, int *cache,
+								  XLogRecPtr end_lsn, int64 position);
 
 #endif							/* PG_CQRS_H */
