@@ -43,8 +43,9 @@ SELECT results_eq(
 -- pg_dump keeps the log and its sequence
 SELECT set_eq(
     $$SELECT unnest(extconfig)::regclass::text FROM pg_extension WHERE extname = 'pg_cqrs'$$,
-    ARRAY['cqrs.events', 'cqrs.events_position_seq', 'cqrs.projections', 'cqrs.skipped_events'],
-    'extconfig holds the log, its sequence and the projection catalog');
+    ARRAY['cqrs.events', 'cqrs.events_position_seq', 'cqrs.projections', 'cqrs.skipped_events',
+          'cqrs.projection_digests'],
+    'extconfig holds the log, its sequence, the projection catalog and the digests');
 SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'pg_cqrs'), false,
           'the extension is not relocatable');
 
