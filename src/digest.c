@@ -25,9 +25,16 @@
  * describes, so appliers never contend on a digest row, and a reader that
  * scans the table and sums the delta rows with one snapshot sees both sides
  * of exactly the same commits.  Compaction (DELETE ... RETURNING, then one
- * merged row) is commutative too, so it needs no lock.  A row with base =
- * true marks the digest as established (by create_projection, replay or a
- * repairing reconcile); without one the digest is unknown.
+ * merged row) is commutative too, but it must not meet another compaction
+ * or a reset of the same digest (CqrsDigestSet) halfway: the DELETE of the
+ * second one would wait for the rows the first one took, and then miss
+ * the merged row the first one inserted, which its snapshot cannot see
+ * (a reset would leave that row beside its new base: false drift for
+ * good).  So both take a lock on the table's digest first (digest_lock):
+ * a reset waits for it, a compaction, which is optional, does without when
+ * the lock is taken, so that verify and appends never wait.  A row with
+ * base = true marks the digest as established (by create_projection,
+ * replay or a repairing reconcile); without one the digest is unknown.
  *
  * Which writes count.  The row trigger cqrs.digest_row() is ENABLE ALWAYS
  * on every owned table, but only counts a write while a projection that owns
@@ -70,6 +77,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -727,19 +735,40 @@ take_digest_rows(const char *projection, Oid relid, CqrsBuckets *sum, bool *base
 }
 
 /*
+ * Lock a table's digest against concurrent rewrites (compaction, reset),
+ * to the end of the transaction: an object lock whose class is
+ * cqrs.projection_digests and whose object is the owned table, which
+ * nothing else takes.  With !wait, returns false at once when another
+ * transaction holds it.
+ */
+static bool
+digest_lock(Oid relid, bool wait)
+{
+	Oid			digests = CqrsEventLog()->projection_digests;
+
+	if (!wait)
+		return ConditionalLockDatabaseObject(digests, relid, 0, ExclusiveLock);
+	LockDatabaseObject(digests, relid, 0, ExclusiveLock);
+	return true;
+}
+
+/*
  * CqrsDigestCompact
- *		Fold a table's digest rows into one.
+ *		Fold a table's digest rows into one, unless another transaction is
+ *		rewriting them: compaction is only an optimisation, never worth a
+ *		wait.
  */
 void
 CqrsDigestCompact(const char *projection, Oid relid)
 {
-	CqrsBuckets *sum = palloc(sizeof(CqrsBuckets));
+	CqrsBuckets *sum;
 	bool		base;
 	int64		rows;
 	CqrsCatalogScope scope;
 
-	if (XactReadOnly)
+	if (XactReadOnly || !digest_lock(relid, false))
 		return;
+	sum = palloc(sizeof(CqrsBuckets));
 	CqrsCatalogConnect(&scope);
 	take_digest_rows(projection, relid, sum, &base, &rows);
 	if (rows > 0)
@@ -765,6 +794,8 @@ CqrsDigestSet(const char *projection, Oid relid, const CqrsBuckets *digest)
 		return;
 	if (digest == NULL)
 		digest = empty = palloc0(sizeof(CqrsBuckets));
+	/* after a concurrent compaction has committed, so we see its row */
+	(void) digest_lock(relid, true);
 	CqrsCatalogConnect(&scope);
 	take_digest_rows(projection, relid, old, &base, &rows);
 	insert_digest_row(projection, relid, true, digest);
