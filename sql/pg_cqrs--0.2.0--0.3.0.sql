@@ -33,13 +33,6 @@ RETURNS trigger
 AS 'MODULE_PATHNAME', 'cqrs_digest_row'
 LANGUAGE C;
 
--- Its WHEN clause: only writes made while a projection applies events
--- queue a trigger event at all.
-CREATE FUNCTION cqrs.digest_active()
-RETURNS boolean
-AS 'MODULE_PATHNAME', 'cqrs_digest_active'
-LANGUAGE C VOLATILE PARALLEL RESTRICTED;
-
 CREATE FUNCTION cqrs.replay(name text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'cqrs_replay'

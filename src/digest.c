@@ -39,10 +39,11 @@
  * Which writes count.  The row trigger cqrs.digest_row() is ENABLE ALWAYS
  * on every owned table, but only counts a write while a projection that owns
  * the table is applying events in this backend (projection.c brackets its
- * handler calls with CqrsDigestBegin/CqrsDigestEnd).  Its WHEN clause,
- * cqrs.digest_active(), keeps every other write from even queueing a
- * trigger event: a DELETE of a million rows costs a million cheap calls,
- * not a million queued events each fetching its row again.  Anything else (manual
+ * handler calls with CqrsDigestBegin/CqrsDigestEnd).  It has no WHEN
+ * clause: the executor would compile it for every statement a handler
+ * runs, which measured as a fifth of a simple handler's cost, more than the
+ * trigger event it saves for writes that do not count.  Bulk rewrites of
+ * our own (replay, reconcile) disable the trigger instead.  Anything else (manual
  * DML, another projection's handler, a repair) is drift by definition,
  * which is the point.  Deltas gathered in a subtransaction that aborts are
  * dropped with it: they are kept per nesting level and merged into the
@@ -90,7 +91,6 @@
 #include "pg_cqrs.h"
 
 PG_FUNCTION_INFO_V1(cqrs_digest_row);
-PG_FUNCTION_INFO_V1(cqrs_digest_active);
 
 /* The deltas one (sub)transaction level has gathered for one table. */
 typedef struct LevelDelta
@@ -124,6 +124,18 @@ static SPIPlanPtr insert_plan = NULL;
  * ----------------------------------------------------------------
  */
 
+/* A 64-bit finaliser (MurmurHash3's fmix64): by-value images are 8 bytes. */
+static inline uint64
+mix64(uint64 x)
+{
+	x ^= x >> 33;
+	x *= UINT64CONST(0xff51afd7ed558ccd);
+	x ^= x >> 33;
+	x *= UINT64CONST(0xc4ceb9fe1a85ec53);
+	x ^= x >> 33;
+	return x;
+}
+
 static uint64
 datum_image_hash(Datum value, Form_pg_attribute att, uint64 seed)
 {
@@ -146,7 +158,7 @@ datum_image_hash(Datum value, Form_pg_attribute att, uint64 seed)
 				v = (uint64) DatumGetInt64(value);
 				break;
 		}
-		return hash_bytes_extended((const unsigned char *) &v, sizeof(v), seed);
+		return mix64(v ^ mix64(seed));
 	}
 	if (att->attlen > 0)
 		return hash_bytes_extended((const unsigned char *) DatumGetPointer(value),
@@ -166,18 +178,15 @@ datum_image_hash(Datum value, Form_pg_attribute att, uint64 seed)
 							   strlen(DatumGetCString(value)), seed);
 }
 
-/* Combine column i's image (or its NULL) into h. */
-static uint64
-combine_column(uint64 h, TupleTableSlot *slot, int attnum)
+/* The image hash of column attnum (or of its NULL). */
+static inline uint64
+column_hash(TupleTableSlot *slot, int attnum)
 {
-	Form_pg_attribute att = TupleDescAttr(slot->tts_tupleDescriptor, attnum - 1);
-	uint64		c;
-
 	if (slot->tts_isnull[attnum - 1])
-		c = UINT64CONST(0x9E3779B97F4A7C15) ^ (uint64) attnum;
-	else
-		c = datum_image_hash(slot->tts_values[attnum - 1], att, (uint64) attnum);
-	return hash_combine64(h, c);
+		return UINT64CONST(0x9E3779B97F4A7C15) ^ (uint64) attnum;
+	return datum_image_hash(slot->tts_values[attnum - 1],
+							TupleDescAttr(slot->tts_tupleDescriptor, attnum - 1),
+							(uint64) attnum);
 }
 
 /*
@@ -203,7 +212,9 @@ CqrsRowShapeInit(CqrsRowShape *shape, Relation rel)
 
 /*
  * CqrsRowHash
- *		The image hash of the row in slot, and its key's bucket.
+ *		The image hash of the row in slot, and its key's bucket.  Each
+ *		column is hashed once; the key's columns (in attribute order, as
+ *		CqrsRowShapeInit lists them) also make the key hash.
  */
 uint64
 CqrsRowHash(const CqrsRowShape *shape, TupleTableSlot *slot, int *bucket)
@@ -211,19 +222,25 @@ CqrsRowHash(const CqrsRowShape *shape, TupleTableSlot *slot, int *bucket)
 	int			natts = slot->tts_tupleDescriptor->natts;
 	uint64		key = 0;
 	uint64		row = 0;
+	int			k = 0;
 
 	slot_getallattrs(slot);
-	for (int i = 0; i < shape->nkeys; i++)
-		key = combine_column(key, slot, shape->keys[i]);
 	for (int attnum = 1; attnum <= natts; attnum++)
 	{
+		uint64		c;
+
 		if (TupleDescAttr(slot->tts_tupleDescriptor, attnum - 1)->attisdropped)
 			continue;
-		row = combine_column(row, slot, attnum);
+		c = column_hash(slot, attnum);
+		row = hash_combine64(row, c);
+		if (k < shape->nkeys && shape->keys[k] == attnum)
+		{
+			key = hash_combine64(key, c);
+			k++;
+		}
 	}
 	*bucket = (int) ((key >> 32) % CQRS_DIGEST_BUCKETS);
-	/* the key is part of the row, but mix it in again: cheap insurance */
-	return hash_combine64(row, key);
+	return row;
 }
 
 /* ----------------------------------------------------------------
@@ -529,17 +546,6 @@ CqrsDigestEnd(bool keep)
  * ----------------------------------------------------------------
  */
 
-/*
- * cqrs.digest_active() RETURNS boolean
- *
- * The WHEN clause of the digest trigger: is a projection applying events
- * in this backend?
- */
-Datum
-cqrs_digest_active(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_BOOL(napplying > 0);
-}
 
 /* The owned table a write to relid counts for, or InvalidOid. */
 static Oid
@@ -813,8 +819,8 @@ CqrsDigestSet(const char *projection, Oid relid, const CqrsBuckets *digest)
 /*
  * CqrsScanBuckets
  *		Sum a table's rows (all its leaf partitions' rows, if partitioned)
- *		per bucket as of snapshot; when wanted is given, also hand each row
- *		of a wanted bucket to visit.
+ *		per bucket as of snapshot; hand each row of a wanted bucket (every
+ *		row, if wanted is NULL) to visit, if given.
  */
 void
 CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
@@ -853,7 +859,7 @@ CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
 			into->count[bucket]++;
 			into->sum[bucket] += h;
 			into->rows++;
-			if (wanted != NULL && wanted[bucket])
+			if (visit != NULL && (wanted == NULL || wanted[bucket]))
 				visit(arg, rel, slot, bucket, h);
 		}
 		table_endscan(scan);
@@ -911,8 +917,7 @@ CqrsDigestAttach(Oid relid)
 	qname = qualified_name(relid);
 	execute_as_catalog_owner(psprintf("CREATE TRIGGER " DIGEST_TRIGGER
 									  " AFTER INSERT OR UPDATE OR DELETE ON %s"
-									  " FOR EACH ROW WHEN (cqrs.digest_active())"
-									  " EXECUTE FUNCTION cqrs.digest_row()", qname));
+									  " FOR EACH ROW EXECUTE FUNCTION cqrs.digest_row()", qname));
 	execute_as_catalog_owner(psprintf("ALTER TABLE %s ENABLE ALWAYS TRIGGER " DIGEST_TRIGGER, qname));
 	CommandCounterIncrement();
 

@@ -22,9 +22,10 @@
  *
  * Reconcile replays inside a subtransaction that it rolls back, so the
  * tables are never changed by the comparison itself.  Both sides are
- * summed per key bucket, as in a digest; only the rows of the buckets whose
- * sums differ are turned into JSON and matched by key, so the cost is
- * the replay plus three scans, whatever the table's size, and not a join.
+ * summed per key bucket, as in a digest, in one scan each that also notes
+ * where every row is; only the rows of the buckets whose sums differ are
+ * fetched again (by TID) and turned into JSON to be matched by key, so the
+ * cost is the replay plus two scans, and not a join.
  * Without repair, the locks are taken in an outer subtransaction too, and
  * released before returning; with repair they are held to commit, so that
  * nothing changes between comparing and repairing.
@@ -41,6 +42,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -517,8 +519,109 @@ subxact_rollback(Subxacts *s)
 }
 
 /*
+ * Where each row of one side was, so that the rows of the differing buckets
+ * can be fetched by TID instead of scanning the table again.  Up to
+ * MAX_REMEMBERED rows a side (about 100MB); past that, the side forgets
+ * and compare() scans again.
+ */
+#define MAX_REMEMBERED (4 * 1024 * 1024)
+
+typedef struct RowPlace
+{
+	Oid			relid;			/* the leaf partition, or the table */
+	ItemPointerData tid;
+	int			bucket;
+	uint64		hash;
+} RowPlace;
+
+typedef struct Places
+{
+	MemoryContext cxt;
+	RowPlace   *rows;
+	int64		n;
+	int64		size;
+	bool		overflow;
+} Places;
+
+/* CqrsRowVisitor: remember where the row is. */
+static void
+remember_row(void *arg, Relation rel, TupleTableSlot *slot, int bucket, uint64 hash)
+{
+	Places	   *p = arg;
+
+	if (p->overflow)
+		return;
+	if (p->n == p->size)
+	{
+		if (p->size >= MAX_REMEMBERED)
+		{
+			p->overflow = true;
+			return;
+		}
+		p->size = p->size ? 2 * p->size : 1024;
+		p->rows = p->rows
+			? repalloc_huge(p->rows, p->size * sizeof(RowPlace))
+			: MemoryContextAllocHuge(p->cxt, p->size * sizeof(RowPlace));
+	}
+	p->rows[p->n].relid = RelationGetRelid(rel);
+	p->rows[p->n].tid = slot->tts_tid;
+	p->rows[p->n].bucket = bucket;
+	p->rows[p->n].hash = hash;
+	p->n++;
+}
+
+/*
+ * Collect the rows of the wanted buckets of one table: by TID from where
+ * the first scan left them, or by another scan if it could not remember.
+ */
+static void
+collect_wanted(Oid relid, Snapshot snapshot, Places *places, const bool *wanted,
+			   Collector *c)
+{
+	Relation	rel = NULL;
+	TupleTableSlot *slot = NULL;
+
+	if (places->overflow)
+	{
+		CqrsBuckets *scratch = palloc(sizeof(CqrsBuckets));
+
+		CqrsScanBuckets(relid, snapshot, scratch, wanted, collect_row, c);
+		pfree(scratch);
+		return;
+	}
+	for (int64 i = 0; i < places->n; i++)
+	{
+		RowPlace   *r = &places->rows[i];
+
+		if (!wanted[r->bucket])
+			continue;
+		if (rel == NULL || RelationGetRelid(rel) != r->relid)
+		{
+			if (rel != NULL)
+			{
+				ExecDropSingleTupleTableSlot(slot);
+				table_close(rel, NoLock);
+			}
+			rel = table_open(r->relid, AccessShareLock);
+			slot = table_slot_create(rel, NULL);
+		}
+		if (!table_tuple_fetch_row_version(rel, &r->tid, snapshot, slot))
+			elog(ERROR, "pg_cqrs: a row of \"%s\" vanished during reconcile",
+				 RelationGetRelationName(rel));
+		collect_row(c, rel, slot, r->bucket, r->hash);
+	}
+	if (rel != NULL)
+	{
+		ExecDropSingleTupleTableSlot(slot);
+		table_close(rel, NoLock);
+	}
+}
+
+/*
  * The comparison.  Returns the differences, allocated in cxt; fills
- * expected[] with the replayed tables' sums.
+ * expected[] with the replayed tables' sums.  Each side is scanned once,
+ * remembering where its rows are; only the rows of differing buckets are
+ * then fetched again, by TID, and turned into JSON.
  */
 static List *
 compare(const CqrsRebuildTarget *t, Subxacts *subxacts, MemoryContext cxt,
@@ -527,6 +630,7 @@ compare(const CqrsRebuildTarget *t, Subxacts *subxacts, MemoryContext cxt,
 	CqrsBuckets *actual = palloc0(t->ntables * sizeof(CqrsBuckets));
 	bool	   *wanted = palloc0(t->ntables * CQRS_DIGEST_BUCKETS * sizeof(bool));
 	Collector  *collectors = palloc0(t->ntables * sizeof(Collector));
+	Places	   *actual_places = palloc0(t->ntables * sizeof(Places));
 	bool		any = false;
 	Snapshot	before;
 	Snapshot	after;
@@ -537,7 +641,8 @@ compare(const CqrsRebuildTarget *t, Subxacts *subxacts, MemoryContext cxt,
 	before = RegisterSnapshot(GetLatestSnapshot());
 	for (int i = 0; i < t->ntables; i++)
 	{
-		CqrsScanBuckets(t->tables[i], before, &actual[i], NULL, NULL, NULL);
+		actual_places[i].cxt = cxt;
+		CqrsScanBuckets(t->tables[i], before, &actual[i], NULL, remember_row, &actual_places[i]);
 		collector_init(&collectors[i], cxt, t->tables[i], i);
 	}
 
@@ -553,8 +658,10 @@ compare(const CqrsRebuildTarget *t, Subxacts *subxacts, MemoryContext cxt,
 	{
 		bool	   *w = &wanted[i * CQRS_DIGEST_BUCKETS];
 		bool		differs = false;
+		Places		places = {0};
 
-		CqrsScanBuckets(t->tables[i], after, &expected[i], NULL, NULL, NULL);
+		places.cxt = cxt;
+		CqrsScanBuckets(t->tables[i], after, &expected[i], NULL, remember_row, &places);
 		for (int b = 0; b < CQRS_DIGEST_BUCKETS; b++)
 		{
 			w[b] = expected[i].count[b] != actual[i].count[b] ||
@@ -563,13 +670,13 @@ compare(const CqrsRebuildTarget *t, Subxacts *subxacts, MemoryContext cxt,
 		}
 		if (differs)
 		{
-			CqrsBuckets scratch;
-
-			CqrsScanBuckets(t->tables[i], after, &scratch, w, collect_row, &collectors[i]);
+			collect_wanted(t->tables[i], after, &places, w, &collectors[i]);
 			expected_rows = list_concat(expected_rows, collectors[i].rows);
 			collectors[i].rows = NIL;
 			any = true;
 		}
+		if (places.rows)
+			pfree(places.rows);
 	}
 	UnregisterSnapshot(after);
 	subxact_rollback(subxacts);
@@ -578,13 +685,14 @@ compare(const CqrsRebuildTarget *t, Subxacts *subxacts, MemoryContext cxt,
 	if (any)
 		for (int i = 0; i < t->ntables; i++)
 		{
-			CqrsBuckets scratch;
-
-			CqrsScanBuckets(t->tables[i], before, &scratch, &wanted[i * CQRS_DIGEST_BUCKETS],
-							collect_row, &collectors[i]);
+			collect_wanted(t->tables[i], before, &actual_places[i],
+						   &wanted[i * CQRS_DIGEST_BUCKETS], &collectors[i]);
 			actual_rows = list_concat(actual_rows, collectors[i].rows);
 		}
 	UnregisterSnapshot(before);
+	for (int i = 0; i < t->ntables; i++)
+		if (actual_places[i].rows)
+			pfree(actual_places[i].rows);
 
 	if (!any)
 		return NIL;
@@ -609,7 +717,8 @@ cqrs_reconcile(PG_FUNCTION_ARGS)
 	bool		do_repair;
 	MemoryContext callercxt = CurrentMemoryContext;
 	MemoryContext cxt;
-	Subxacts	subxacts = {0};
+	/* in memory, not a local: PG_CATCH must see the depth PG_TRY left */
+	Subxacts   *volatile subxacts = palloc0(sizeof(Subxacts));
 	CqrsRebuildTarget t;
 	CqrsBuckets *expected = NULL;
 	List	   *drift = NIL;
@@ -628,11 +737,11 @@ cqrs_reconcile(PG_FUNCTION_ARGS)
 	{
 		/* without repair, even the locks go when we are done */
 		if (!do_repair)
-			subxact_begin(&subxacts);
+			subxact_begin(subxacts);
 		CqrsRebuildLock(name, &t);
 		require_tables(&t);
 		expected = palloc0(t.ntables * sizeof(CqrsBuckets));
-		drift = compare(&t, &subxacts, cxt, expected);
+		drift = compare(&t, subxacts, cxt, expected);
 		if (do_repair)
 		{
 			if (drift != NIL)
@@ -645,7 +754,7 @@ cqrs_reconcile(PG_FUNCTION_ARGS)
 			}
 		}
 		else
-			subxact_rollback(&subxacts);
+			subxact_rollback(subxacts);
 	}
 	PG_CATCH();
 	{
@@ -655,8 +764,8 @@ cqrs_reconcile(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(callercxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		while (subxacts.depth > 0)
-			subxact_rollback(&subxacts);
+		while (subxacts->depth > 0)
+			subxact_rollback(subxacts);
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
