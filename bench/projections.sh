@@ -13,6 +13,12 @@
 #             while $CLIENTS clients append for $LAG_SECONDS s: p50, p99, max
 
 DEFERRED_EVENTS=${BENCH_DEFERRED_EVENTS:-100000}
+# BENCH_PROJECTION_DIGEST=false: the projections keep no digest (no
+# cqrs.verify), to see what digests cost the appliers
+PROJECTION_DIGEST=${BENCH_PROJECTION_DIGEST:-true}
+case $PROJECTION_DIGEST in true|false) ;;
+	*) echo "bench: BENCH_PROJECTION_DIGEST must be true or false" >&2; exit 2 ;;
+esac
 LAG_SECONDS=${BENCH_LAG_SECONDS:-$((RUN_SECONDS * 3))}
 cp "$BENCH_DIR"/projection_setup.sql "$SCRIPTS"/
 
@@ -21,7 +27,7 @@ projection_side_setup() {
 	case $1 in
 		sync_projection)
 			cqrs_psql -f "$SCRIPTS/projection_setup.sql" \
-				-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'sync', '{bench_proj.stream_counts}')"
+				-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'sync', '{bench_proj.stream_counts}', digest => )"
 			;;
 		sync_trigger)
 			cqrs_psql -f "$SCRIPTS/projection_setup.sql" \
@@ -59,7 +65,7 @@ run_deferred_side() {
 		worker)
 			elapsed=$(cqrs_psql -tA <<SQL | tail -n 1
 SELECT extract(epoch FROM clock_timestamp()) AS t0 \\gset
-SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}');
+SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}', digest => );
 DO \$\$ BEGIN
   FOR i IN 1 .. 60000 LOOP
     EXIT WHEN (SELECT position >= $head FROM cqrs.projection_status WHERE name = 'counts');
@@ -109,7 +115,7 @@ run_lag() {
 	echo "bench: lag (a deferred projection while $CLIENTS clients append for ${LAG_SECONDS}s)"
 	reset_state
 	cqrs_psql -f "$SCRIPTS/projection_setup.sql" \
-		-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}')" >/dev/null
+		-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}', digest => )" >/dev/null
 	# One session samples every 100 ms (each statement of the DO block reads
 	# with a new snapshot) and prints the samples at the end.
 	cqrs_psql -tA -c "DO \$\$

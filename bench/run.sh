@@ -23,6 +23,8 @@
 #   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
 #   BENCH_REPLAY_EVENTS    size of the replay/reconcile/verify log (1000000)
 #   BENCH_REPLAY_ROUNDS    rounds of those groups     (default 3)
+#   BENCH_PROJECTION_DIGEST=false  the sync, deferred and lag projections
+#                   keep no digest (to measure what digests cost)
 #   BENCH_SHARED_BUFFERS                              (default 1GB)
 #   BENCH_LOG_DIR   where every pgbench output is kept (default a new
 #                   /tmp/pg_cqrs_bench.XXXXXX)

@@ -33,6 +33,23 @@ RETURNS trigger
 AS 'MODULE_PATHNAME', 'cqrs_digest_row'
 LANGUAGE C;
 
+-- Whether a projection keeps digests: on by default; off spares its
+-- appliers the digest trigger (a row trigger per handler write and a delta
+-- row per batch or sync append), at the price of cqrs.verify.
+ALTER TABLE cqrs.projections ADD COLUMN digest boolean NOT NULL DEFAULT true;
+
+DROP FUNCTION cqrs.create_projection(text, regproc, text, regclass[], text[], text[]);
+CREATE FUNCTION cqrs.create_projection(name text, handler regproc,
+                                       mode text DEFAULT 'sync',
+                                       tables regclass[] DEFAULT '{}',
+                                       categories text[] DEFAULT NULL,
+                                       types text[] DEFAULT NULL,
+                                       digest boolean DEFAULT true)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cqrs_create_projection'
+LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION cqrs.create_projection(text, regproc, text, regclass[], text[], text[], boolean) FROM PUBLIC;
+
 CREATE FUNCTION cqrs.replay(name text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'cqrs_replay'

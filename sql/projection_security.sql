@@ -34,7 +34,7 @@ CREATE ROLE regress_cqrs_appender;
 CREATE ROLE regress_cqrs_intruder;
 GRANT USAGE ON SCHEMA cqrs TO regress_cqrs_owner, regress_cqrs_appender, regress_cqrs_intruder;
 GRANT INSERT ON cqrs.events TO regress_cqrs_owner, regress_cqrs_appender, regress_cqrs_intruder;
-GRANT EXECUTE ON FUNCTION cqrs.create_projection(text, regproc, text, regclass[], text[], text[]),
+GRANT EXECUTE ON FUNCTION cqrs.create_projection(text, regproc, text, regclass[], text[], text[], boolean),
     cqrs.drop_projection(text), cqrs.pause_projection(text), cqrs.resume_projection(text),
     cqrs.skip_event(text, bigint), cqrs.process_projections(text, integer) TO regress_cqrs_owner;
 GRANT SELECT, INSERT, UPDATE, DELETE ON cqrs.projections, cqrs.skipped_events TO regress_cqrs_owner;

@@ -191,3 +191,30 @@ DROP FUNCTION order_lines_handler(cqrs.events), totals_handler(cqrs.events),
 DROP EXTENSION pg_cqrs;
 SELECT count(*) FROM pg_trigger WHERE tgname = 'cqrs_digest';
 DROP TABLE order_lines, totals, empty_rm;
+
+--
+-- a projection without digests: no trigger, replay and reconcile work,
+-- verify says why it cannot
+--
+CREATE EXTENSION pg_cqrs;
+CREATE TABLE plain_rm (stream text PRIMARY KEY, n int NOT NULL);
+CREATE FUNCTION plain_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO plain_rm VALUES (e.stream, 1) ON CONFLICT (stream) DO UPDATE SET n = plain_rm.n + 1
+$$;
+SELECT cqrs.append('a-1', 'X', '{}'), cqrs.append('a-1', 'X', '{}'), cqrs.append('b-1', 'X', '{}');
+SELECT cqrs.create_projection('plain', 'plain_handler', 'sync', '{plain_rm}', digest => false);
+SELECT try($$SELECT cqrs.create_projection('plain2', 'plain_handler', digest => NULL)$$);
+SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'plain_rm'::regclass AND tgname = 'cqrs_digest';
+SELECT cqrs.append('a-1', 'X', '{}');
+SELECT count(*) AS digest_rows FROM cqrs.projection_digests WHERE projection = 'plain';
+SELECT try($$SELECT * FROM cqrs.verify('plain')$$);
+UPDATE plain_rm SET n = 0 WHERE stream = 'b-1';
+SELECT key, drift, expected, actual FROM cqrs.reconcile('plain', repair => true);
+SELECT cqrs.replay('plain');
+TABLE plain_rm ORDER BY 1;
+SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid = 'plain_rm'::regclass AND tgname = 'cqrs_digest';
+SELECT count(*) AS digest_rows FROM cqrs.projection_digests WHERE projection = 'plain';
+SELECT cqrs.drop_projection('plain');
+DROP FUNCTION plain_handler(cqrs.events);
+DROP EXTENSION pg_cqrs;
+DROP TABLE plain_rm;

@@ -133,6 +133,7 @@ typedef struct CqrsRebuildTarget
 	char	   *search_path;
 	int			ntables;
 	Oid		   *tables;
+	bool		digest;			/* keeps digests of its tables */
 } CqrsRebuildTarget;
 
 extern Oid	CqrsProjectionsRelid(void);

@@ -121,6 +121,7 @@ typedef struct Projection
 	text	  **types;			/* NULL: every type */
 	int			ntables;
 	Oid		   *tables;			/* the read tables it owns */
+	bool		digest;			/* keeps digests of its tables (digest.c) */
 	FmgrInfo	flinfo;
 } Projection;
 
@@ -307,8 +308,9 @@ resolve_handler(const char *signature)
 	return fcinfo->isnull ? InvalidOid : DatumGetObjectId(result);
 }
 
+/* digest came with 0.3.0: before ALTER EXTENSION UPDATE, every projection has one */
 #define PROJECTION_COLUMNS \
-	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\", tables::pg_catalog.oid[]"
+	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\", tables::pg_catalog.oid[], %s"
 
 /*
  * Build a Projection from a row of PROJECTION_COLUMNS, in the current
@@ -352,6 +354,7 @@ projection_from_row(HeapTuple tuple, TupleDesc desc)
 			p->tables[i] = DatumGetObjectId(elems[i]);
 		p->ntables = n;
 	}
+	p->digest = DatumGetBool(SPI_getbinval(tuple, desc, 11, &isnull));
 
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(p->owner)))
 		ereport(ERROR,
@@ -393,6 +396,7 @@ projections_query(const char *where, const char *name, RowLock rowlock)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT " PROJECTION_COLUMNS " FROM cqrs.projections WHERE %s%s ORDER BY name%s",
+					 CqrsDigestsInstalled() ? "digest" : "true",
 					 where, name ? " AND name OPERATOR(pg_catalog.=) $1" : "",
 					 rowlock == ROWS_FOR_UPDATE ? " FOR UPDATE" :
 					 rowlock == ROWS_FOR_UPDATE_SKIP_LOCKED ? " FOR UPDATE SKIP LOCKED" : "");
@@ -665,7 +669,7 @@ apply_tuplestore(Projection *p, Tuplestorestate *events, TupleDesc desc,
 	tuplestore_rescan(events);
 
 	/* count the handler's writes to its tables (digest.c) */
-	if (p->ntables > 0 && CqrsDigestsInstalled())
+	if (p->ntables > 0 && p->digest && CqrsDigestsInstalled())
 		CqrsDigestBegin(p->name, p->ntables, p->tables);
 	owner_scope_enter(p, &scope);
 	while (tuplestore_gettupleslot(events, true, false, slot))
@@ -691,7 +695,7 @@ apply_tuplestore(Projection *p, Tuplestorestate *events, TupleDesc desc,
 		applied++;
 	}
 	owner_scope_leave(&scope);
-	if (p->ntables > 0 && CqrsDigestsInstalled())
+	if (p->ntables > 0 && p->digest && CqrsDigestsInstalled())
 		CqrsDigestEnd(true);
 
 	tuplestore_select_read_pointer(events, 0);
@@ -1201,10 +1205,11 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	Oid			relid;
 	Projection *p;
 	int			rc;
-	Oid			argtypes[8] = {TEXTOID, TEXTOID, OIDOID, TEXTOID, REGCLASSARRAYOID,
-	TEXTARRAYOID, TEXTARRAYOID, TEXTOID};
-	Datum		values[8];
-	char		nulls[8] = "        ";
+	bool		digest = true;
+	Oid			argtypes[9] = {TEXTOID, TEXTOID, OIDOID, TEXTOID, REGCLASSARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTOID, BOOLOID};
+	Datum		values[9];
+	char		nulls[9] = "         ";
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -1223,6 +1228,15 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 				 errmsg("invalid projection mode \"%s\"", mode),
 				 errhint("Use 'sync' or 'deferred'.")));
 	sync = mode[0] == 's';
+	/* the digest argument came with 0.3.0 */
+	if (PG_NARGS() > 6)
+	{
+		if (PG_ARGISNULL(6))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("digest must not be null")));
+		digest = PG_GETARG_BOOL(6);
+	}
 	tables = PG_ARGISNULL(3) ? construct_empty_array(REGCLASSOID) : PG_GETARG_ARRAYTYPE_P(3);
 
 	check_handler(handler);
@@ -1247,16 +1261,23 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	values[6] = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
 	nulls[6] = PG_ARGISNULL(5) ? 'n' : ' ';
 	values[7] = CStringGetTextDatum(GetConfigOption("search_path", false, false));
-	rc = catalog_execute("INSERT INTO cqrs.projections"
-							   " (name, handler, owner, mode, tables, categories, types, search_path)"
-							   " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8)",
-							   8, argtypes, values, nulls, false);
+	values[8] = BoolGetDatum(digest);
+	if (CqrsDigestsInstalled())
+		rc = catalog_execute("INSERT INTO cqrs.projections"
+							 " (name, handler, owner, mode, tables, categories, types, search_path, digest)"
+							 " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8, $9)",
+							 9, argtypes, values, nulls, false);
+	else
+		rc = catalog_execute("INSERT INTO cqrs.projections"
+							 " (name, handler, owner, mode, tables, categories, types, search_path)"
+							 " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8)",
+							 8, argtypes, values, nulls, false);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "pg_cqrs: inserting projection failed: %s", SPI_result_code_string(rc));
 
 	check_tables_unowned(name, tables);
 	p = projection_get(name, false);
-	for (int i = 0; i < p->ntables; i++)
+	for (int i = 0; i < p->ntables && p->digest; i++)
 	{
 		CqrsDigestAttach(p->tables[i]);
 		CqrsDigestSet(name, p->tables[i], NULL);
@@ -1649,6 +1670,7 @@ describe(Projection *p, CqrsRebuildTarget *t)
 	t->position = p->position;
 	t->owner = p->owner;
 	t->search_path = pstrdup(p->search_path);
+	t->digest = p->digest;
 	t->ntables = p->ntables;
 	t->tables = palloc((p->ntables + 1) * sizeof(Oid));
 	for (int i = 0; i < p->ntables; i++)

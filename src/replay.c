@@ -197,17 +197,17 @@ cqrs_replay(PG_FUNCTION_ARGS)
 	 * The digest is computed from the rebuilt tables, in one scan each,
 	 * rather than counted write by write.
 	 */
-	for (int i = 0; i < t.ntables; i++)
+	for (int i = 0; i < t.ntables && t.digest; i++)
 	{
 		CqrsDigestAttach(t.tables[i]);
 		CqrsDigestSuspend(t.tables[i]);
 	}
 	empty_tables(&t);
 	applied = CqrsRebuildApply(name, upto);
-	for (int i = 0; i < t.ntables; i++)
+	for (int i = 0; i < t.ntables && t.digest; i++)
 		CqrsDigestResume(t.tables[i]);
 	CommandCounterIncrement();
-	if (CqrsDigestsInstalled())
+	if (t.digest && CqrsDigestsInstalled())
 	{
 		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 		CqrsBuckets *digest = palloc(sizeof(CqrsBuckets));
@@ -747,7 +747,7 @@ cqrs_reconcile(PG_FUNCTION_ARGS)
 			if (drift != NIL)
 				repair(&t, drift);
 			/* the tables now hold what a replay writes: so does the digest */
-			for (int i = 0; i < t.ntables; i++)
+			for (int i = 0; i < t.ntables && t.digest; i++)
 			{
 				CqrsDigestAttach(t.tables[i]);
 				CqrsDigestSet(name, t.tables[i], &expected[i]);
@@ -822,6 +822,12 @@ cqrs_verify(PG_FUNCTION_ARGS)
 
 	CqrsRebuildDescribe(name, &t);
 	require_tables(&t);
+	if (!t.digest)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("projection \"%s\" keeps no digest", name),
+				 errdetail("It was created with digest => false."),
+				 errhint("cqrs.reconcile() compares its tables with a replay of the log.")));
 	InitMaterializedSRF(fcinfo, 0);
 
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());

@@ -1,7 +1,7 @@
 -- test/pgtap/projection.sql: projections (API.md section 2) -- the shape of
 -- the SQL surface, and its main behaviours
 BEGIN;
-SELECT plan(180);
+SELECT plan(182);
 
 --
 -- the catalog
@@ -9,17 +9,17 @@ SELECT plan(180);
 SELECT has_table('cqrs', 'projections', 'cqrs.projections exists');
 SELECT columns_are('cqrs', 'projections',
     ARRAY['name', 'handler', 'owner', 'mode', 'tables', 'categories', 'types', 'search_path',
-          'state', 'position', 'last_error', 'error_position', 'updated_at'],
+          'state', 'position', 'last_error', 'error_position', 'updated_at', 'digest'],
     'cqrs.projections has the catalog''s columns');
 SELECT col_type_is('cqrs', 'projections', c, t, c || ' is ' || t)
   FROM (VALUES ('name', 'text'), ('handler', 'text'), ('owner', 'regrole'), ('mode', 'text'),
                ('tables', 'regclass[]'), ('categories', 'text[]'), ('types', 'text[]'),
                ('search_path', 'text'), ('state', 'text'), ('position', 'bigint'),
                ('last_error', 'text'), ('error_position', 'bigint'),
-               ('updated_at', 'timestamp with time zone')) AS v(c, t);
+               ('updated_at', 'timestamp with time zone'), ('digest', 'boolean')) AS v(c, t);
 SELECT col_not_null('cqrs', 'projections', c, c || ' is NOT NULL')
   FROM unnest(ARRAY['name', 'handler', 'owner', 'mode', 'tables', 'search_path', 'state',
-                    'position', 'updated_at']) c;
+                    'position', 'updated_at', 'digest']) c;
 SELECT col_is_null('cqrs', 'projections', c, c || ' may be NULL')
   FROM unnest(ARRAY['categories', 'types', 'last_error', 'error_position']) c;
 SELECT col_is_pk('cqrs', 'projections', 'name', 'a projection is known by its name');
@@ -65,24 +65,24 @@ SELECT is((SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod),
 --
 -- the functions: signatures, results, parameter names and defaults
 --
-SELECT has_function('cqrs', 'create_projection', ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]']);
+SELECT has_function('cqrs', 'create_projection', ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]', 'boolean']);
 SELECT has_function('cqrs', 'drop_projection', ARRAY['text']);
 SELECT has_function('cqrs', 'pause_projection', ARRAY['text']);
 SELECT has_function('cqrs', 'resume_projection', ARRAY['text']);
 SELECT has_function('cqrs', 'process_projections', ARRAY['text', 'integer']);
 SELECT has_function('cqrs', 'wait_for_projection', ARRAY['text', 'bigint', 'interval']);
 SELECT has_function('cqrs', 'skip_event', ARRAY['text', 'bigint']);
-SELECT function_returns('cqrs', 'create_projection', ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]'], 'void');
+SELECT function_returns('cqrs', 'create_projection', ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]', 'boolean'], 'void');
 SELECT function_returns('cqrs', 'drop_projection', ARRAY['text'], 'void');
 SELECT function_returns('cqrs', 'pause_projection', ARRAY['text'], 'void');
 SELECT function_returns('cqrs', 'resume_projection', ARRAY['text'], 'void');
 SELECT function_returns('cqrs', 'process_projections', ARRAY['text', 'integer'], 'bigint');
 SELECT function_returns('cqrs', 'wait_for_projection', ARRAY['text', 'bigint', 'interval'], 'boolean');
 SELECT function_returns('cqrs', 'skip_event', ARRAY['text', 'bigint'], 'void');
-SELECT is(pg_get_function_arguments('cqrs.create_projection(text, regproc, text, regclass[], text[], text[])'::regprocedure),
+SELECT is(pg_get_function_arguments('cqrs.create_projection(text, regproc, text, regclass[], text[], text[], boolean)'::regprocedure),
           'name text, handler regproc, mode text DEFAULT ''sync''::text, '
           'tables regclass[] DEFAULT ''{}''::regclass[], categories text[] DEFAULT NULL::text[], '
-          'types text[] DEFAULT NULL::text[]',
+          'types text[] DEFAULT NULL::text[], digest boolean DEFAULT true',
           'create_projection parameters and defaults');
 SELECT is(pg_get_function_arguments(f::regprocedure), a, f || ' parameters')
   FROM (VALUES ('cqrs.drop_projection(text)', 'name text'),
@@ -99,14 +99,14 @@ SELECT function_lang_is('cqrs', f, 'c', 'cqrs.' || f || ' is written in C')
   FROM unnest(ARRAY['create_projection', 'drop_projection', 'pause_projection', 'resume_projection',
                     'process_projections', 'wait_for_projection', 'skip_event']::name[]) f;
 SELECT volatility_is('cqrs', f, a, 'volatile')
-  FROM (VALUES ('create_projection'::name, ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]']),
+  FROM (VALUES ('create_projection'::name, ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]', 'boolean']),
                ('drop_projection', ARRAY['text']), ('pause_projection', ARRAY['text']),
                ('resume_projection', ARRAY['text']), ('process_projections', ARRAY['text', 'integer']),
                ('wait_for_projection', ARRAY['text', 'bigint', 'interval']),
                ('skip_event', ARRAY['text', 'bigint'])) AS v(f, a);
 -- a NULL argument is an error, not a silent no-op (as for appends)
 SELECT isnt_strict('cqrs', f, a)
-  FROM (VALUES ('create_projection'::name, ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]']),
+  FROM (VALUES ('create_projection'::name, ARRAY['text', 'regproc', 'text', 'regclass[]', 'text[]', 'text[]', 'boolean']),
                ('drop_projection', ARRAY['text']), ('pause_projection', ARRAY['text']),
                ('resume_projection', ARRAY['text']), ('wait_for_projection', ARRAY['text', 'bigint', 'interval']),
                ('skip_event', ARRAY['text', 'bigint'])) AS v(f, a);
@@ -114,7 +114,7 @@ SELECT isnt_strict('cqrs', f, a)
 -- administering projections runs code as their owners: not for PUBLIC;
 -- waiting for one is (append, take the position, wait, read)
 SELECT ok(NOT has_function_privilege('public', f, 'EXECUTE'), f || ' is not executable by PUBLIC')
-  FROM unnest(ARRAY['cqrs.create_projection(text, regproc, text, regclass[], text[], text[])',
+  FROM unnest(ARRAY['cqrs.create_projection(text, regproc, text, regclass[], text[], text[], boolean)',
                     'cqrs.drop_projection(text)', 'cqrs.pause_projection(text)',
                     'cqrs.resume_projection(text)', 'cqrs.skip_event(text, bigint)',
                     'cqrs.process_projections(text, integer)']) f;
