@@ -27,7 +27,7 @@ projection_side_setup() {
 	case $1 in
 		sync_projection)
 			cqrs_psql -f "$SCRIPTS/projection_setup.sql" \
-				-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'sync', '{bench_proj.stream_counts}', digest => )"
+				-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'sync', '{bench_proj.stream_counts}', digest => $PROJECTION_DIGEST)"
 			;;
 		sync_trigger)
 			cqrs_psql -f "$SCRIPTS/projection_setup.sql" \
@@ -65,7 +65,7 @@ run_deferred_side() {
 		worker)
 			elapsed=$(cqrs_psql -tA <<SQL | tail -n 1
 SELECT extract(epoch FROM clock_timestamp()) AS t0 \\gset
-SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}', digest => );
+SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}', digest => $PROJECTION_DIGEST);
 DO \$\$ BEGIN
   FOR i IN 1 .. 60000 LOOP
     EXIT WHEN (SELECT position >= $head FROM cqrs.projection_status WHERE name = 'counts');
@@ -115,7 +115,7 @@ run_lag() {
 	echo "bench: lag (a deferred projection while $CLIENTS clients append for ${LAG_SECONDS}s)"
 	reset_state
 	cqrs_psql -f "$SCRIPTS/projection_setup.sql" \
-		-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}', digest => )" >/dev/null
+		-c "SELECT cqrs.create_projection('counts', 'bench_proj.count_event', 'deferred', '{bench_proj.stream_counts}', digest => $PROJECTION_DIGEST)" >/dev/null
 	# One session samples every 100 ms (each statement of the DO block reads
 	# with a new snapshot) and prints the samples at the end.
 	cqrs_psql -tA -c "DO \$\$
