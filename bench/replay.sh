@@ -186,7 +186,7 @@ time_row() {
 
 print_replay_rows() {
 	echo
-	echo "8  replay, reconcile, verify on $REPLAY_EVENTS events / a one-row-per-event read table" \
+	echo "10 replay, reconcile, verify on $REPLAY_EVENTS events / a one-row-per-event read table" \
 		"($REPLAY_ROUNDS alternated rounds; times: medians; ratio: median of per-round A/B times)"
 	printf '   %-58s %10s %10s  %5s  %-11s %s\n' 'workload (A vs B)' 'A' 'B' ratio range goal
 	if want replay; then

@@ -404,8 +404,8 @@ if want race; then
 		race/race_append race/race_plpgsql tps
 fi
 if want capture && [ -z "$BASELINE_ONLY" ]; then
-	row 8 'INSERT into captured vs uncaptured table' 1 capture/captured capture/uncaptured tps
-	row 8 'INSERT into captured vs uncaptured table' "$CLIENTS" \
+	row 9 'INSERT into captured vs uncaptured table' 1 capture/captured capture/uncaptured tps
+	row 9 'INSERT into captured vs uncaptured table' "$CLIENTS" \
 		capture_multi/captured capture_multi/uncaptured tps
 fi
 if want sync && [ -z "$BASELINE_ONLY" ]; then
