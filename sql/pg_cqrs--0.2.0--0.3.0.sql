@@ -11,8 +11,9 @@
 -- What each projection's handler wrote to each of its tables, summed per
 -- key bucket (see src/digest.c): appliers append delta rows, compaction
 -- folds them; a row with base marks the digest as established.  No foreign
--- key to cqrs.projections: every sync append writes a delta row, and would
--- otherwise lock the projection's catalog row to do it.
+-- key to cqrs.projections and no index: every sync append writes a delta
+-- row, straight into the heap (src/digest.c), and compaction keeps the
+-- table to a few rows per owned table.
 CREATE TABLE cqrs.projection_digests (
     projection  text        NOT NULL,
     "table"     regclass    NOT NULL,
@@ -21,8 +22,6 @@ CREATE TABLE cqrs.projection_digests (
     counts      bigint[]    NOT NULL,
     sums        bigint[]    NOT NULL
 );
-CREATE INDEX projection_digests_projection_table_idx
-    ON cqrs.projection_digests (projection, "table");
 COMMENT ON TABLE cqrs.projection_digests IS 'pg_cqrs: per-bucket digests of what projections wrote to their tables';
 SELECT pg_catalog.pg_extension_config_dump('cqrs.projection_digests', '');
 

@@ -60,6 +60,7 @@
 
 #include "access/detoast.h"
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -117,7 +118,6 @@ static List *deltas = NIL;		/* of LevelDelta, in TopTransactionContext */
 static bool callbacks_registered = false;
 static int	flushes = 0;
 
-static SPIPlanPtr insert_plan = NULL;
 
 /* ----------------------------------------------------------------
  * Row images
@@ -445,36 +445,35 @@ buckets_to_arrays(const CqrsBuckets *b, Datum *buckets, Datum *counts, Datum *su
 	*n = m;
 }
 
-/* Insert one digest row; SPI connected, in the catalog owner's scope. */
+/*
+ * Insert one digest row.  Straight into the heap, without SPI: a sync
+ * projection writes one per append, and the table has no index, trigger
+ * or constraint beyond NOT NULL, all of which we satisfy; nobody but this
+ * file writes it.
+ */
 static void
 insert_digest_row(const char *projection, Oid relid, bool base, const CqrsBuckets *b)
 {
-	Oid			argtypes[6] = {TEXTOID, OIDOID, BOOLOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+	Relation	rel;
+	HeapTuple	tuple;
 	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
 	int			n;
-	int			rc;
 
 	buckets_to_arrays(b, &values[3], &values[4], &values[5], &n);
 	if (n == 0 && !base)
 		return;
-	if (insert_plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare("INSERT INTO cqrs.projection_digests"
-									   " (projection, \"table\", base, buckets, counts, sums)"
-									   " VALUES ($1, $2::pg_catalog.regclass, $3, $4, $5, $6)",
-									   6, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "pg_cqrs: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plan = plan;
-	}
 	values[0] = CStringGetTextDatum(projection);
 	values[1] = ObjectIdGetDatum(relid);
 	values[2] = BoolGetDatum(base);
-	rc = SPI_execute_plan(insert_plan, values, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "pg_cqrs: recording a digest failed: %s", SPI_result_code_string(rc));
+
+	rel = table_open(CqrsEventLog()->projection_digests, RowExclusiveLock);
+	if (RelationGetDescr(rel)->natts != 6 || rel->rd_rel->relhasindex)
+		elog(ERROR, "pg_cqrs: cqrs.projection_digests is not as this library expects");
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	simple_heap_insert(rel, tuple);
+	heap_freetuple(tuple);
+	table_close(rel, NoLock);
 }
 
 /*
@@ -495,7 +494,6 @@ void
 CqrsDigestEnd(bool keep)
 {
 	Applying	a;
-	CqrsCatalogScope scope;
 
 	if (napplying == 0)
 		return;
@@ -508,7 +506,6 @@ CqrsDigestEnd(bool keep)
 	if (deltas == NIL)
 		return;
 
-	CqrsCatalogConnect(&scope);
 	for (int i = 0; i < a.ntables; i++)
 	{
 		ListCell   *lc;
@@ -538,7 +535,6 @@ CqrsDigestEnd(bool keep)
 	if (++flushes % 256 == 0)
 		for (int i = 0; i < a.ntables; i++)
 			CqrsDigestCompact(a.projection, a.tables[i]);
-	CqrsCatalogDisconnect(&scope);
 }
 
 /* ----------------------------------------------------------------
