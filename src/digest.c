@@ -474,6 +474,8 @@ insert_digest_row(const char *projection, Oid relid, bool base, const CqrsBucket
 	simple_heap_insert(rel, tuple);
 	heap_freetuple(tuple);
 	table_close(rel, NoLock);
+	for (int i = 3; i < 6; i++)
+		pfree(DatumGetPointer(values[i]));
 }
 
 /*
@@ -509,20 +511,36 @@ CqrsDigestEnd(bool keep)
 	for (int i = 0; i < a.ntables; i++)
 	{
 		ListCell   *lc;
+		LevelDelta *first = NULL;
 		CqrsBuckets *total = NULL;
 
+		/*
+		 * Usually one delta, at our own level (subtransactions below us
+		 * have been merged into it); a sum only when there are more.
+		 */
 		foreach(lc, deltas)
 		{
 			LevelDelta *d = lfirst(lc);
 
 			if (d->relid != a.tables[i])
 				continue;
-			if (total == NULL)
-				total = palloc0(sizeof(CqrsBuckets));
-			CqrsBucketsAdd(total, &d->buckets, 1);
+			if (first == NULL)
+				first = d;
+			else
+			{
+				if (total == NULL)
+				{
+					total = palloc(sizeof(CqrsBuckets));
+					memcpy(total, &first->buckets, sizeof(CqrsBuckets));
+				}
+				CqrsBucketsAdd(total, &d->buckets, 1);
+			}
 		}
+		if (first != NULL)
+			insert_digest_row(a.projection, a.tables[i], false,
+							  total ? total : &first->buckets);
 		if (total != NULL)
-			insert_digest_row(a.projection, a.tables[i], false, total);
+			pfree(total);
 	}
 	forget_deltas(a.ntables, a.tables);
 
@@ -871,13 +889,6 @@ CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
 
 #define DIGEST_TRIGGER "cqrs_digest"
 
-static char *
-qualified_name(Oid relid)
-{
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-									  get_rel_name(relid));
-}
-
 static void
 execute_as_catalog_owner(const char *sql)
 {
@@ -910,7 +921,7 @@ CqrsDigestAttach(Oid relid)
 	if (!CqrsDigestsInstalled() ||
 		OidIsValid(get_trigger_oid(relid, DIGEST_TRIGGER, true)))
 		return;
-	qname = qualified_name(relid);
+	qname = CqrsQualifiedName(relid);
 	execute_as_catalog_owner(psprintf("CREATE TRIGGER " DIGEST_TRIGGER
 									  " AFTER INSERT OR UPDATE OR DELETE ON %s"
 									  " FOR EACH ROW EXECUTE FUNCTION cqrs.digest_row()", qname));
@@ -933,7 +944,7 @@ CqrsDigestDetach(Oid relid)
 		!OidIsValid(get_trigger_oid(relid, DIGEST_TRIGGER, true)))
 		return;
 	execute_as_catalog_owner(psprintf("DROP TRIGGER " DIGEST_TRIGGER " ON %s",
-									  qualified_name(relid)));
+									  CqrsQualifiedName(relid)));
 }
 
 /*
@@ -952,7 +963,7 @@ CqrsDigestSuspend(Oid relid)
 		!OidIsValid(get_trigger_oid(relid, DIGEST_TRIGGER, true)))
 		return;
 	execute_as_catalog_owner(psprintf("ALTER TABLE %s DISABLE TRIGGER " DIGEST_TRIGGER,
-									  qualified_name(relid)));
+									  CqrsQualifiedName(relid)));
 }
 
 void
@@ -962,5 +973,5 @@ CqrsDigestResume(Oid relid)
 		!OidIsValid(get_trigger_oid(relid, DIGEST_TRIGGER, true)))
 		return;
 	execute_as_catalog_owner(psprintf("ALTER TABLE %s ENABLE ALWAYS TRIGGER " DIGEST_TRIGGER,
-									  qualified_name(relid)));
+									  CqrsQualifiedName(relid)));
 }

@@ -296,3 +296,14 @@ CqrsMaxPosition(Relation events, Snapshot snapshot)
 	ExecDropSingleTupleTableSlot(slot);
 	return result;
 }
+
+/*
+ * CqrsQualifiedName
+ *		A relation's schema-qualified, quoted name, for the SQL we build.
+ */
+char *
+CqrsQualifiedName(Oid relid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									  get_rel_name(relid));
+}

@@ -94,6 +94,7 @@ extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
 extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
 						  text **stream, int64 *version, int64 *position);
 extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
+extern char *CqrsQualifiedName(Oid relid);
 
 /* projection.c */
 typedef struct CqrsBatchResult

@@ -124,13 +124,6 @@ require_tables(const CqrsRebuildTarget *t)
 					 errhint("Drop the projection and create it again.")));
 }
 
-static char *
-qualified_name(Oid relid)
-{
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-									  get_rel_name(relid));
-}
-
 /* Empty the projection's tables, as its owner: DELETE, not TRUNCATE. */
 static void
 empty_tables(const CqrsRebuildTarget *t)
@@ -142,7 +135,7 @@ empty_tables(const CqrsRebuildTarget *t)
 	CqrsOwnerScopeEnter(t->owner, t->search_path, &scope);
 	for (int i = 0; i < t->ntables; i++)
 	{
-		char	   *sql = psprintf("DELETE FROM %s", qualified_name(t->tables[i]));
+		char	   *sql = psprintf("DELETE FROM %s", CqrsQualifiedName(t->tables[i]));
 		int			rc = SPI_execute(sql, false, 0);
 
 		if (rc != SPI_OK_DELETE)
@@ -397,7 +390,7 @@ repair_plans(Oid relid, RepairPlans *plans)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
-	char	   *qname = qualified_name(relid);
+	char	   *qname = CqrsQualifiedName(relid);
 	char	   *record = psprintf("pg_catalog.jsonb_populate_record(NULL::%s, $1)", qname);
 	CqrsRowShape shape;
 	StringInfoData keys,
