@@ -14,6 +14,7 @@ PGFILEDESC   = "pg_cqrs - CQRS and event sourcing inside PostgreSQL"
 
 OBJS = \
 	src/pg_cqrs.o \
+	src/wakeup.o \
 	src/horizon.o \
 	src/eventlog.o \
 	src/append.o \

@@ -86,6 +86,7 @@ _PG_init(void)
 
 	MarkGUCPrefixReserved("cqrs");
 
+	CqrsWakeupInit();
 	CqrsHorizonInit();
 	CqrsWorkerInit();
 
@@ -104,7 +105,7 @@ cqrs_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	CqrsHorizonShmemRequest();
-	CqrsWorkerShmemRequest();
+	CqrsWakeupShmemRequest();
 	CqrsOutboxShmemRequest();	/* outbox */
 }
 
@@ -114,6 +115,6 @@ cqrs_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	CqrsHorizonShmemStartup();
-	CqrsWorkerShmemStartup();
+	CqrsWakeupShmemStartup();
 	CqrsOutboxShmemStartup();	/* outbox */
 }

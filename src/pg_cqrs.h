@@ -56,6 +56,22 @@ extern int	cqrs_max_event_size;
 extern int	cqrs_batch_size;
 extern int	cqrs_naptime;
 
+/* wakeup.c */
+extern void CqrsWakeupShmemRequest(void);
+extern void CqrsWakeupShmemStartup(void);
+extern void CqrsWakeupInit(void);
+extern void CqrsWakeWorker(Oid dboid);
+extern void CqrsWakeLauncherAtCommit(void);
+extern void CqrsWakeAppliers(void);
+extern void CqrsWaitForProgress(long ms);
+extern void CqrsWaitForProgressDone(void);
+extern void CqrsProgressBroadcast(void);
+extern void CqrsLauncherAttach(void);
+extern bool CqrsLauncherWakeRequested(void);
+extern void CqrsSetIdleExit(Oid dboid, bool idle);
+extern bool CqrsExitedIdle(Oid dboid);
+extern bool CqrsWorkerAttach(Oid dboid);
+
 /* horizon.c */
 extern void CqrsHorizonShmemRequest(void);
 extern void CqrsHorizonShmemStartup(void);
@@ -190,13 +206,7 @@ extern void CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
 							const bool *wanted, CqrsRowVisitor visit, void *arg);
 
 /* worker.c */
-extern void CqrsWorkerShmemRequest(void);
-extern void CqrsWorkerShmemStartup(void);
 extern void CqrsWorkerInit(void);
-extern void CqrsWakeWorker(Oid dboid);
-extern void CqrsWakeLauncherAtCommit(void);
-extern void CqrsWaitForProgress(long ms);
-extern void CqrsWaitForProgressDone(void);
 
 /* outbox.c (the output plugin itself is decoder.c, which exports nothing) */
 #define CQRS_MESSAGE_PREFIX "pg_cqrs"

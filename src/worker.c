@@ -70,82 +70,19 @@
 #include "compat.h"
 #include "pg_cqrs.h"
 
-PG_FUNCTION_INFO_V1(cqrs_wake_launcher);
 
 PGDLLEXPORT void cqrs_launcher_main(Datum main_arg);
 PGDLLEXPORT void cqrs_worker_main(Datum main_arg);
 
-#define CQRS_MAX_WORKERS	64
 #define LAUNCHER_RECHECK_MS (5 * 60 * 1000)
 #define LAUNCHER_NAP_MS		(10 * 1000)
 
-typedef struct CqrsDbWorker
-{
-	Oid			dboid;			/* InvalidOid: free */
-	int			procno;
-	pid_t		pid;
-} CqrsDbWorker;
-
-typedef struct CqrsWorkerShared
-{
-	slock_t		mutex;
-	int			launcher_procno;	/* -1 while no launcher runs */
-	pg_atomic_uint32 wake_requested;	/* set by cqrs.wake_launcher() */
-	Oid			idle_exits[CQRS_MAX_WORKERS];	/* databases whose worker left
-												 * for want of work */
-	ConditionVariable progress;
-	CqrsDbWorker workers[CQRS_MAX_WORKERS];
-} CqrsWorkerShared;
-
-static CqrsWorkerShared *workers = NULL;
-
-/* Set by cqrs.wake_launcher(): wake the launcher when we commit. */
-static bool wake_launcher_at_commit = false;
-
-static bool waiting_for_progress = false;
-
-static void worker_xact_callback(XactEvent event, void *arg);
-
-/* ----------------------------------------------------------------
- * Shared memory and registration
- * ----------------------------------------------------------------
- */
-
-void
-CqrsWorkerShmemRequest(void)
-{
-	RequestAddinShmemSpace(MAXALIGN(sizeof(CqrsWorkerShared)));
-}
-
-void
-CqrsWorkerShmemStartup(void)
-{
-	bool		found;
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	workers = ShmemInitStruct("pg_cqrs workers", sizeof(CqrsWorkerShared), &found);
-	if (!found)
-	{
-		SpinLockInit(&workers->mutex);
-		workers->launcher_procno = -1;
-		pg_atomic_init_u32(&workers->wake_requested, 0);
-		ConditionVariableInit(&workers->progress);
-		for (int i = 0; i < CQRS_MAX_WORKERS; i++)
-		{
-			workers->workers[i].dboid = InvalidOid;
-			workers->idle_exits[i] = InvalidOid;
-		}
-	}
-	LWLockRelease(AddinShmemInitLock);
-}
 
 /* Called from _PG_init; registers the launcher when preloading. */
 void
 CqrsWorkerInit(void)
 {
 	BackgroundWorker worker;
-
-	RegisterXactCallback(worker_xact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -161,166 +98,10 @@ CqrsWorkerInit(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-static void
-set_proc_latch(int procno)
-{
-	if (procno >= 0 && procno < (int) ProcGlobal->allProcCount)
-		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
-}
-
-/*
- * CqrsWakeWorker
- *		Set the latch of the worker serving a database, if there is one.
- */
-void
-CqrsWakeWorker(Oid dboid)
-{
-	if (workers == NULL)
-		return;
-	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
-		if (workers->workers[i].dboid == dboid)
-			set_proc_latch(workers->workers[i].procno);
-}
-
-static void
-worker_xact_callback(XactEvent event, void *arg)
-{
-	if (!wake_launcher_at_commit)
-		return;
-	if (event == XACT_EVENT_COMMIT && workers != NULL)
-	{
-		pg_atomic_write_u32(&workers->wake_requested, 1);
-		set_proc_latch(workers->launcher_procno);
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-		wake_launcher_at_commit = false;
-}
-
-/*
- * CqrsWakeLauncherAtCommit
- *		Have the launcher look for databases needing a worker when the
- *		current transaction commits.
- */
-void
-CqrsWakeLauncherAtCommit(void)
-{
-	wake_launcher_at_commit = true;
-}
-
-/*
- * cqrs.projections_changed() RETURNS trigger
- *
- * AFTER INSERT OR UPDATE OF state ON cqrs.projections, per statement: a
- * deferred projection may have become runnable, including through
- * pg_restore, which bypasses the lifecycle functions.
- */
-PG_FUNCTION_INFO_V1(cqrs_projections_changed);
-
-Datum
-cqrs_projections_changed(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("cqrs.projections_changed() must be called as a trigger")));
-	CqrsWakeWorker(MyDatabaseId);
-	wake_launcher_at_commit = true;
-	return PointerGetDatum(NULL);
-}
-
-/*
- * cqrs.wake_launcher() RETURNS void
- *
- * Have the launcher look for databases needing a worker when the calling
- * transaction commits (the install script calls it).
- */
-Datum
-cqrs_wake_launcher(PG_FUNCTION_ARGS)
-{
-	wake_launcher_at_commit = true;
-	PG_RETURN_VOID();
-}
-
-/*
- * Sleep until a worker reports progress or ms pass.  Without shared memory,
- * just sleep on our latch.
- */
-void
-CqrsWaitForProgress(long ms)
-{
-	if (workers != NULL)
-	{
-		if (!waiting_for_progress)
-		{
-			ConditionVariablePrepareToSleep(&workers->progress);
-			waiting_for_progress = true;
-		}
-		(void) ConditionVariableTimedSleep(&workers->progress, ms, PG_WAIT_EXTENSION);
-	}
-	else
-	{
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 ms, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-	}
-}
-
-void
-CqrsWaitForProgressDone(void)
-{
-	if (waiting_for_progress)
-	{
-		ConditionVariableCancelSleep();
-		waiting_for_progress = false;
-	}
-}
-
 /* ----------------------------------------------------------------
  * The launcher
  * ----------------------------------------------------------------
  */
-
-/*
- * Idle exits.  A worker that leaves because its database has nothing for it
- * records so; the launcher then starts it again only when woken (or after
- * LAUNCHER_RECHECK).  A worker that went away otherwise (terminated by an
- * administrator, failed) is replaced at once.
- */
-static void
-set_idle_exit(Oid dboid, bool idle)
-{
-	int			free_slot = -1;
-
-	SpinLockAcquire(&workers->mutex);
-	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
-	{
-		if (workers->idle_exits[i] == dboid)
-		{
-			if (!idle)
-				workers->idle_exits[i] = InvalidOid;
-			SpinLockRelease(&workers->mutex);
-			return;
-		}
-		if (free_slot < 0 && workers->idle_exits[i] == InvalidOid)
-			free_slot = i;
-	}
-	if (idle && free_slot >= 0)
-		workers->idle_exits[free_slot] = dboid;
-	SpinLockRelease(&workers->mutex);
-}
-
-static bool
-exited_idle(Oid dboid)
-{
-	bool		idle = false;
-
-	SpinLockAcquire(&workers->mutex);
-	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
-		if (workers->idle_exits[i] == dboid)
-			idle = true;
-	SpinLockRelease(&workers->mutex);
-	return idle;
-}
 
 typedef struct LaunchedDb
 {
@@ -400,9 +181,7 @@ cqrs_launcher_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
-	SpinLockAcquire(&workers->mutex);
-	workers->launcher_procno = CqrsMyProcIndex();
-	SpinLockRelease(&workers->mutex);
+	CqrsLauncherAttach();
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "pg_cqrs launcher",
 								ALLOCSET_DEFAULT_SIZES);
@@ -452,17 +231,17 @@ cqrs_launcher_main(Datum main_arg)
 			 * databases would churn.)  Any other exit: at once, but not more
 			 * than once a second.
 			 */
-			if (entry->handle != NULL && exited_idle(dboid) &&
+			if (entry->handle != NULL && CqrsExitedIdle(dboid) &&
 				last_wake < entry->started_at &&
 				!TimestampDifferenceExceeds(entry->started_at, now, LAUNCHER_RECHECK_MS))
 				continue;
-			if (entry->handle != NULL && !exited_idle(dboid) &&
+			if (entry->handle != NULL && !CqrsExitedIdle(dboid) &&
 				!TimestampDifferenceExceeds(entry->started_at, now, 1000))
 			{
 				nap = 1000;
 				continue;
 			}
-			set_idle_exit(dboid, false);
+			CqrsSetIdleExit(dboid, false);
 
 			if (entry->handle != NULL)
 				pfree(entry->handle);
@@ -474,7 +253,7 @@ cqrs_launcher_main(Datum main_arg)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 nap, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
-		if (pg_atomic_exchange_u32(&workers->wake_requested, 0) != 0)
+		if (CqrsLauncherWakeRequested())
 			last_wake = GetCurrentTimestamp();
 	}
 }
@@ -484,49 +263,6 @@ cqrs_launcher_main(Datum main_arg)
  * ----------------------------------------------------------------
  */
 
-static void
-worker_detach(int code, Datum arg)
-{
-	int			slot = DatumGetInt32(arg);
-
-	SpinLockAcquire(&workers->mutex);
-	workers->workers[slot].dboid = InvalidOid;
-	workers->workers[slot].procno = -1;
-	SpinLockRelease(&workers->mutex);
-}
-
-/* Take a slot for our database; false if another worker already has one. */
-static bool
-worker_attach(Oid dboid)
-{
-	int			free_slot = -1;
-
-	SpinLockAcquire(&workers->mutex);
-	for (int i = 0; i < CQRS_MAX_WORKERS; i++)
-	{
-		if (workers->workers[i].dboid == dboid)
-		{
-			SpinLockRelease(&workers->mutex);
-			return false;
-		}
-		if (free_slot < 0 && workers->workers[i].dboid == InvalidOid)
-			free_slot = i;
-	}
-	if (free_slot < 0)
-	{
-		SpinLockRelease(&workers->mutex);
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("pg_cqrs serves at most %d databases", CQRS_MAX_WORKERS)));
-		return false;
-	}
-	workers->workers[free_slot].dboid = dboid;
-	workers->workers[free_slot].procno = CqrsMyProcIndex();
-	workers->workers[free_slot].pid = MyProcPid;
-	SpinLockRelease(&workers->mutex);
-	on_shmem_exit(worker_detach, Int32GetDatum(free_slot));
-	return true;
-}
 
 /*
  * The running deferred projections of our database, or NIL; sets
@@ -613,7 +349,7 @@ worker_apply_one(const char *name)
 	}
 	PG_END_TRY();
 
-	ConditionVariableBroadcast(&workers->progress);
+	CqrsProgressBroadcast();
 	return more;
 }
 
@@ -628,10 +364,10 @@ cqrs_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
-	if (!worker_attach(dboid))
+	if (!CqrsWorkerAttach(dboid))
 	{
 		/* another worker serves this database: let the launcher wait */
-		set_idle_exit(dboid, true);
+		CqrsSetIdleExit(dboid, true);
 		proc_exit(0);
 	}
 	pgstat_report_appname("pg_cqrs worker");
@@ -663,7 +399,7 @@ cqrs_worker_main(Datum main_arg)
 		 */
 		if (!installed || (names == NIL && !busy))
 		{
-			set_idle_exit(dboid, true);
+			CqrsSetIdleExit(dboid, true);
 			proc_exit(0);
 		}
 
