@@ -20,6 +20,9 @@ OBJS = \
 	src/append.o \
 	src/read.o \
 	src/guard.o \
+	src/scope.o \
+	src/catalog.o \
+	src/apply.o \
 	src/projection.o \
 	src/worker.o \
 	src/digest.o \

@@ -112,18 +112,7 @@ extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
 extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
 extern char *CqrsQualifiedName(Oid relid);
 
-/* projection.c */
-typedef struct CqrsBatchResult
-{
-	char		state;			/* the projection's state afterwards, or 'b'
-								 * (busy) when nowait found it locked */
-	bool		failed;			/* a handler failed in this batch */
-	int64		examined;		/* events read from the log */
-	int64		applied;		/* events handed to the handler and kept */
-	int64		position;		/* checkpoint afterwards */
-	int64		safe;			/* the safe position the batch stopped at */
-} CqrsBatchResult;
-
+/* scope.c */
 /* SPI connected, running as the owner of the extension's catalog */
 typedef struct CqrsCatalogScope
 {
@@ -139,6 +128,79 @@ typedef struct CqrsOwnerScope
 	int			save_nestlevel;
 } CqrsOwnerScope;
 
+extern void CqrsCatalogScopeEnter(CqrsCatalogScope *scope);
+extern void CqrsCatalogScopeLeave(CqrsCatalogScope *scope);
+extern void CqrsOwnerScopeEnter(Oid owner, const char *search_path, CqrsOwnerScope *scope);
+extern void CqrsOwnerScopeLeave(CqrsOwnerScope *scope);
+
+/* catalog.c */
+/* A projection's definition, as the appliers need it. */
+typedef struct CqrsProjection
+{
+	char	   *name;
+	char	   *handler_sig;	/* qualified signature, as stored */
+	Oid			handler;
+	Oid			owner;
+	bool		sync;
+	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
+	int64		position;
+	char	   *search_path;
+	int			ncategories;
+	text	  **categories;		/* NULL: every category */
+	int			ntypes;
+	text	  **types;			/* NULL: every type */
+	int			ntables;
+	Oid		   *tables;			/* the read tables it owns */
+	bool		digest;			/* keeps digests of its tables (digest.c) */
+	FmgrInfo	flinfo;
+} CqrsProjection;
+
+/* A sorted set of positions a projection was told to skip. */
+typedef struct CqrsSkipSet
+{
+	int			n;
+	int64	   *positions;
+} CqrsSkipSet;
+
+
+/* How CqrsProjectionsQuery locks the rows it returns. */
+typedef enum CqrsRowLock
+{
+	CQRS_ROWS_UNLOCKED,
+	CQRS_ROWS_FOR_UPDATE,
+	CQRS_ROWS_FOR_UPDATE_SKIP_LOCKED
+} CqrsRowLock;
+
+extern Oid	CqrsProjectionsRelid(void);
+extern void CqrsLockProjectionsForAppend(void);
+extern Oid	CqrsLockProjections(LOCKMODE mode);
+extern void CqrsProjectionsChanged(Oid relid);
+extern void CqrsSPIConnect(void);
+extern void CqrsCatalogConnect(CqrsCatalogScope *scope);
+extern void CqrsCatalogDisconnect(CqrsCatalogScope *scope);
+extern int	CqrsCatalogExecute(const char *sql, int nargs, Oid *argtypes, Datum *values,
+							   const char *nulls, bool read_only);
+extern List *CqrsProjectionsQuery(const char *where, const char *name, CqrsRowLock rowlock);
+extern CqrsProjection *CqrsProjectionGet(const char *name, bool for_update);
+extern void CqrsProjectionUpdate(const char *name, const char *set, int nargs,
+								 Oid *argtypes, Datum *values, const char *nulls);
+extern void CqrsSetCheckpoint(const char *name, int64 position);
+extern List *CqrsSyncProjections(Oid relid);
+extern CqrsSkipSet *CqrsLoadSkipSet(const char *name, int64 after);
+extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
+
+/* apply.c */
+typedef struct CqrsBatchResult
+{
+	char		state;			/* the projection's state afterwards, or 'b'
+								 * (busy) when nowait found it locked */
+	bool		failed;			/* a handler failed in this batch */
+	int64		examined;		/* events read from the log */
+	int64		applied;		/* events handed to the handler and kept */
+	int64		position;		/* checkpoint afterwards */
+	int64		safe;			/* the safe position the batch stopped at */
+} CqrsBatchResult;
+
 /* What replay and reconcile need to know about a projection. */
 typedef struct CqrsRebuildTarget
 {
@@ -153,19 +215,18 @@ typedef struct CqrsRebuildTarget
 	bool		digest;			/* keeps digests of its tables */
 } CqrsRebuildTarget;
 
-extern Oid	CqrsProjectionsRelid(void);
-extern void CqrsCatalogConnect(CqrsCatalogScope *scope);
-extern void CqrsCatalogDisconnect(CqrsCatalogScope *scope);
-extern void CqrsOwnerScopeEnter(Oid owner, const char *search_path, CqrsOwnerScope *scope);
-extern void CqrsOwnerScopeLeave(CqrsOwnerScope *scope);
-extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
+struct Tuplestorestate;
+extern int64 CqrsApplyEvents(CqrsProjection *p, struct Tuplestorestate *events, TupleDesc desc,
+							 CqrsSkipSet *skip, int64 stop_before);
+extern int64 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
+							   struct Tuplestorestate *store, int64 *last);
+extern int64 CqrsSyncCatchUp(CqrsProjection *p);
+extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
+						   CqrsBatchResult *result);
 extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
 extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
 extern int64 CqrsRebuildApply(const char *name, int64 upto);
 extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
-extern void CqrsLockProjectionsForAppend(void);
-extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
-						   CqrsBatchResult *result);
 
 /* digest.c */
 #define CQRS_DIGEST_BUCKETS 1024

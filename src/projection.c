@@ -102,976 +102,11 @@ PG_FUNCTION_INFO_V1(cqrs_skip_event);
 PG_FUNCTION_INFO_V1(cqrs_process_projections);
 PG_FUNCTION_INFO_V1(cqrs_wait_for_projection);
 PG_FUNCTION_INFO_V1(cqrs_projection_position);
-PG_FUNCTION_INFO_V1(cqrs_apply_sync_projections);
-
-/* A projection's definition, as the appliers need it. */
-typedef struct Projection
-{
-	char	   *name;
-	char	   *handler_sig;	/* qualified signature, as stored */
-	Oid			handler;
-	Oid			owner;
-	bool		sync;
-	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
-	int64		position;
-	char	   *search_path;
-	int			ncategories;
-	text	  **categories;		/* NULL: every category */
-	int			ntypes;
-	text	  **types;			/* NULL: every type */
-	int			ntables;
-	Oid		   *tables;			/* the read tables it owns */
-	bool		digest;			/* keeps digests of its tables (digest.c) */
-	FmgrInfo	flinfo;
-} Projection;
-
-/* Error context while a handler runs. */
-typedef struct ApplyContext
-{
-	const char *projection;
-	int64		position;
-} ApplyContext;
-
-typedef CqrsOwnerScope OwnerScope;
-
-/* The sync projections of this backend's database, cached. */
-static List *sync_cache = NIL;
-static bool sync_cache_valid = false;
-static MemoryContext sync_cache_cxt = NULL;
-static bool projections_callback_registered = false;
-static Oid	projections_relid = InvalidOid;
-
-
-static void spi_connect(void);
-
-/* ----------------------------------------------------------------
- * The catalog
- * ----------------------------------------------------------------
- */
-
-static void
-projections_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
-{
-	sync_cache_valid = false;
-}
-
-static void
-projections_relcache_callback(Datum arg, Oid relid)
-{
-	if (!OidIsValid(relid) || relid == projections_relid)
-		sync_cache_valid = false;
-}
-
-/*
- * CqrsProjectionsRelid
- *		OID of cqrs.projections, or InvalidOid where the extension's
- *		installed version predates projections.
- */
-Oid
-CqrsProjectionsRelid(void)
-{
-	if (!OidIsValid(get_namespace_oid("cqrs", true)))
-		return InvalidOid;
-	return CqrsEventLog()->projections;
-}
-
-/*
- * CqrsLockProjectionsForAppend
- *		Called by appends before they take a position; see the file header.
- */
-void
-CqrsLockProjectionsForAppend(void)
-{
-	Oid			relid = CqrsEventLog()->projections;
-
-	if (OidIsValid(relid))
-		LockRelationOid(relid, RowExclusiveLock);
-}
-
-/* Tell every backend, at commit, that projection definitions changed. */
-static void
-projections_changed(Oid relid)
-{
-	CacheInvalidateRelcacheByRelid(relid);
-}
-
-static Oid
-projections_lock(LOCKMODE mode)
-{
-	Oid			relid = CqrsProjectionsRelid();
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("pg_cqrs is not up to date in this database"),
-				 errhint("Run ALTER EXTENSION pg_cqrs UPDATE.")));
-	LockRelationOid(relid, mode);
-	return relid;
-}
-
-static text **
-text_array_elems(Datum d, int *n)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int			count;
-	text	  **out;
-	int			m = 0;
-
-	/* copied: the datum lives in SPI memory, the result in ours */
-	deconstruct_array(DatumGetArrayTypePCopy(d), TEXTOID, -1, false, TYPALIGN_INT,
-					  &elems, &nulls, &count);
-	out = palloc((count + 1) * sizeof(text *));
-	for (int i = 0; i < count; i++)
-		if (!nulls[i])
-			out[m++] = DatumGetTextPP(elems[i]);
-	*n = m;
-	return out;
-}
-
-/*
- * The catalog is read and written as its owner (the extension's owner), not
- * as the caller: an application role that may append must not need
- * privileges on cqrs.projections, nor on the schemas of other roles'
- * handlers, for the sync trigger to find and resolve them.  Only our own
- * schema-qualified SQL runs in this scope.
- */
-typedef CqrsCatalogScope CatalogScope;
-
-static void
-catalog_scope_enter(CatalogScope *scope)
-{
-	HeapTuple	tup;
-	Oid			owner;
-	Oid			relid = CqrsEventLog()->projections;
-
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-
-	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
-	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-}
-
-static void
-catalog_scope_leave(CatalogScope *scope)
-{
-	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
-}
-
-/*
- * CqrsCatalogConnect
- *		Connect to SPI and act as the catalog's owner, for the other files
- *		that keep bookkeeping next to the catalog (digest.c).
- */
-void
-CqrsCatalogConnect(CatalogScope *scope)
-{
-	spi_connect();
-	catalog_scope_enter(scope);
-}
-
-void
-CqrsCatalogDisconnect(CatalogScope *scope)
-{
-	catalog_scope_leave(scope);
-	SPI_finish();
-}
-
-/* SPI_execute_with_args on the catalog, as its owner. */
-static int
-catalog_execute(const char *sql, int nargs, Oid *argtypes, Datum *values,
-				const char *nulls, bool read_only)
-{
-	CatalogScope scope;
-	int			rc;
-
-	catalog_scope_enter(&scope);
-	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, 0);
-	catalog_scope_leave(&scope);
-	return rc;
-}
-
-/* The handler's OID from its stored signature; InvalidOid if it is gone. */
-static Oid
-resolve_handler(const char *signature)
-{
-	LOCAL_FCINFO(fcinfo, 1);
-	Datum		result;
-
-	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = CStringGetTextDatum(signature);
-	fcinfo->args[0].isnull = false;
-	result = to_regprocedure(fcinfo);
-	return fcinfo->isnull ? InvalidOid : DatumGetObjectId(result);
-}
-
-/* digest came with 0.3.0: before ALTER EXTENSION UPDATE, every projection has one */
-#define PROJECTION_COLUMNS \
-	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\", tables::pg_catalog.oid[], %s"
-
-/*
- * Build a Projection from a row of PROJECTION_COLUMNS, in the current
- * memory context.  Resolves the handler, which may raise an error if it was
- * dropped.
- */
-static Projection *
-projection_from_row(HeapTuple tuple, TupleDesc desc)
-{
-	Projection *p = palloc0(sizeof(Projection));
-	bool		isnull;
-	Datum		d;
-	char	   *mode;
-	char	   *state;
-
-	p->name = TextDatumGetCString(SPI_getbinval(tuple, desc, 1, &isnull));
-	p->handler_sig = TextDatumGetCString(SPI_getbinval(tuple, desc, 2, &isnull));
-	p->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
-	mode = TextDatumGetCString(SPI_getbinval(tuple, desc, 4, &isnull));
-	p->sync = strcmp(mode, "sync") == 0;
-	d = SPI_getbinval(tuple, desc, 5, &isnull);
-	if (!isnull)
-		p->categories = text_array_elems(d, &p->ncategories);
-	d = SPI_getbinval(tuple, desc, 6, &isnull);
-	if (!isnull)
-		p->types = text_array_elems(d, &p->ntypes);
-	p->search_path = TextDatumGetCString(SPI_getbinval(tuple, desc, 7, &isnull));
-	state = TextDatumGetCString(SPI_getbinval(tuple, desc, 8, &isnull));
-	p->state = state[0];
-	p->position = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
-	d = SPI_getbinval(tuple, desc, 10, &isnull);
-	if (!isnull)
-	{
-		Datum	   *elems;
-		int			n;
-
-		deconstruct_array(DatumGetArrayTypePCopy(d), OIDOID, sizeof(Oid), true, TYPALIGN_INT,
-						  &elems, NULL, &n);
-		p->tables = palloc((n + 1) * sizeof(Oid));
-		for (int i = 0; i < n; i++)
-			p->tables[i] = DatumGetObjectId(elems[i]);
-		p->ntables = n;
-	}
-	p->digest = DatumGetBool(SPI_getbinval(tuple, desc, 11, &isnull));
-
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(p->owner)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("the owner of projection \"%s\" no longer exists", p->name),
-				 errhint("Drop the projection and create it again as an existing role.")));
-
-	/* a dropped handler is reported when the projection next runs */
-	p->handler = resolve_handler(p->handler_sig);
-	if (OidIsValid(p->handler))
-		fmgr_info_cxt(p->handler, &p->flinfo, CurrentMemoryContext);
-	return p;
-}
-
-/*
- * Read projections with SQL (already connected to SPI).  where is a
- * constant condition, name an optional parameter $1.  Reads with a fresh
- * snapshot: a caller that waited for a lock must see what the holder
- * committed, whatever its isolation level.
- */
-/* How projections_query locks the rows it returns. */
-typedef enum RowLock
-{
-	ROWS_UNLOCKED,
-	ROWS_FOR_UPDATE,
-	ROWS_FOR_UPDATE_SKIP_LOCKED
-} RowLock;
-
-static List *
-projections_query(const char *where, const char *name, RowLock rowlock)
-{
-	StringInfoData sql;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		values[1];
-	int			rc;
-	List	   *result = NIL;
-	MemoryContext callercxt = CurrentMemoryContext;
-	CatalogScope scope;
-
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT " PROJECTION_COLUMNS " FROM cqrs.projections WHERE %s%s ORDER BY name%s",
-					 CqrsDigestsInstalled() ? "digest" : "true",
-					 where, name ? " AND name OPERATOR(pg_catalog.=) $1" : "",
-					 rowlock == ROWS_FOR_UPDATE ? " FOR UPDATE" :
-					 rowlock == ROWS_FOR_UPDATE_SKIP_LOCKED ? " FOR UPDATE SKIP LOCKED" : "");
-	values[0] = name ? CStringGetTextDatum(name) : (Datum) 0;
-
-	catalog_scope_enter(&scope);
-	if (rowlock != ROWS_UNLOCKED)
-		rc = SPI_execute_with_args(sql.data, name ? 1 : 0, argtypes, values, NULL, false, 0);
-	else
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql.data, name ? 1 : 0, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "pg_cqrs: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
-								  InvalidSnapshot, true, false, 0);
-		SPI_freeplan(plan);
-	}
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_cqrs: reading cqrs.projections failed: %s", SPI_result_code_string(rc));
-
-	/* SPI calls leave us in SPI's context; build in the caller's */
-	MemoryContextSwitchTo(callercxt);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		result = lappend(result, projection_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc));
-	catalog_scope_leave(&scope);
-	return result;
-}
-
-static Projection *
-projection_get(const char *name, bool for_update)
-{
-	List	   *l = projections_query("true", name,
-									  for_update ? ROWS_FOR_UPDATE : ROWS_UNLOCKED);
-
-	if (l == NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("projection \"%s\" does not exist", name)));
-	return linitial(l);
-}
-
-static void
-projection_update(const char *name, const char *set, int nargs, Oid *argtypes, Datum *values, const char *nulls)
-{
-	StringInfoData sql;
-	Oid			types[8];
-	Datum		vals[8];
-	char		ns[8];
-	int			rc;
-
-	Assert(nargs < 8);
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE cqrs.projections SET %s, updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1", set);
-	types[0] = TEXTOID;
-	vals[0] = CStringGetTextDatum(name);
-	ns[0] = ' ';
-	for (int i = 0; i < nargs; i++)
-	{
-		types[i + 1] = argtypes[i];
-		vals[i + 1] = values[i];
-		ns[i + 1] = nulls ? nulls[i] : ' ';
-	}
-	rc = catalog_execute(sql.data, nargs + 1, types, vals, ns, false);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "pg_cqrs: updating projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
-}
-
-static void
-spi_connect(void)
-{
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
-}
-
-/* Move a projection's checkpoint. */
-static void
-set_position(const char *name, int64 position)
-{
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-
-	values[0] = Int64GetDatum(position);
-	projection_update(name, "\"position\" = $2", 1, types, values, NULL);
-}
-
-/*
- * Have a deferred projection's applier look at it: the database's worker,
- * or, at commit, the launcher if the database has none yet.
- */
-static void
-wake_appliers(void)
-{
-	CqrsWakeWorker(MyDatabaseId);
-	CqrsWakeLauncherAtCommit();
-}
-
-/* ----------------------------------------------------------------
- * Running handlers
- * ----------------------------------------------------------------
- */
-
-static void
-apply_error_callback(void *arg)
-{
-	ApplyContext *ctx = (ApplyContext *) arg;
-
-	errcontext("projection \"%s\" applying the event at position %lld",
-			   ctx->projection, (long long) ctx->position);
-}
-
-/*
- * CqrsOwnerScopeEnter
- *		Act as a projection's owner, restricted, with its pinned search_path:
- *		how handlers run, and how replay and reconcile write read tables.
- */
-void
-CqrsOwnerScopeEnter(Oid owner, const char *search_path, OwnerScope *scope)
-{
-	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
-	SetUserIdAndSecContext(owner,
-						   scope->save_sec_context | SECURITY_RESTRICTED_OPERATION);
-	scope->save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", search_path,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-}
-
-void
-CqrsOwnerScopeLeave(OwnerScope *scope)
-{
-	AtEOXact_GUC(false, scope->save_nestlevel);
-	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
-}
-
-static void
-owner_scope_enter(Projection *p, OwnerScope *scope)
-{
-	CqrsOwnerScopeEnter(p->owner, p->search_path, scope);
-}
-
-static void
-owner_scope_leave(OwnerScope *scope)
-{
-	CqrsOwnerScopeLeave(scope);
-}
-
-static bool
-names_match(text **names, int n, const char *s, int len)
-{
-	if (names == NULL)
-		return true;
-	for (int i = 0; i < n; i++)
-		if (VARSIZE_ANY_EXHDR(names[i]) == len &&
-			memcmp(VARDATA_ANY(names[i]), s, len) == 0)
-			return true;
-	return false;
-}
-
-/* Whether the event in slot passes the projection's filters. */
-static bool
-projection_wants(Projection *p, TupleTableSlot *slot)
-{
-	bool		isnull;
-	text	   *t;
-
-	if (p->categories != NULL)
-	{
-		const char *dash;
-		int			len;
-
-		t = DatumGetTextPP(slot_getattr(slot, Anum_events_stream, &isnull));
-		len = VARSIZE_ANY_EXHDR(t);
-		dash = memchr(VARDATA_ANY(t), '-', len);
-		if (dash)
-			len = dash - VARDATA_ANY(t);
-		if (!names_match(p->categories, p->ncategories, VARDATA_ANY(t), len))
-			return false;
-	}
-	if (p->types != NULL)
-	{
-		t = DatumGetTextPP(slot_getattr(slot, Anum_events_type, &isnull));
-		if (!names_match(p->types, p->ntypes, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))
-			return false;
-	}
-	return true;
-}
-
-/*
- * Position of the event whose handler call is under way (or failed); read
- * after an error has unwound apply_tuplestore.
- */
-static int64 attempted_position = 0;
-
-/*
- * Call the handler on the event in slot.  The caller is in the owner scope
- * and resets tmpcxt between events.
- */
-static void
-call_handler(Projection *p, TupleTableSlot *slot, ApplyContext *actx)
-{
-	LOCAL_FCINFO(fcinfo, 1);
-
-	actx->position = attempted_position;
-	InitFunctionCallInfoData(*fcinfo, &p->flinfo, 1, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = ExecFetchSlotHeapTupleDatum(slot);
-	fcinfo->args[0].isnull = false;
-	(void) FunctionCallInvoke(fcinfo);
-}
-
-/* A sorted set of positions a projection was told to skip. */
-typedef struct SkipSet
-{
-	int			n;
-	int64	   *positions;
-} SkipSet;
-
-static bool
-skipset_contains(SkipSet *set, int64 position)
-{
-	int			lo = 0,
-				hi;
-
-	if (set == NULL)
-		return false;
-	hi = set->n - 1;
-	while (lo <= hi)
-	{
-		int			mid = (lo + hi) / 2;
-
-		if (set->positions[mid] == position)
-			return true;
-		if (set->positions[mid] < position)
-			lo = mid + 1;
-		else
-			hi = mid - 1;
-	}
-	return false;
-}
-
-/*
- * Apply the events of a tuplestore to one projection, in order, as its
- * owner: those it wants, not in skip, below stop_before.  Returns the
- * number of events handed to the handler.
- */
-static int64
-apply_tuplestore(Projection *p, Tuplestorestate *events, TupleDesc desc,
-				 SkipSet *skip, int64 stop_before)
-{
-	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-	MemoryContext tmpcxt = AllocSetContextCreate(CurrentMemoryContext,
-												 "pg_cqrs apply",
-												 ALLOCSET_DEFAULT_SIZES);
-	MemoryContext oldcxt;
-	ApplyContext actx;
-	ErrorContextCallback errcb;
-	OwnerScope	scope;
-	int			readptr;
-	int64		applied = 0;
-
-	actx.projection = p->name;
-	actx.position = 0;
-	errcb.callback = apply_error_callback;
-	errcb.arg = &actx;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-
-	readptr = tuplestore_alloc_read_pointer(events, EXEC_FLAG_REWIND);
-	tuplestore_select_read_pointer(events, readptr);
-	tuplestore_rescan(events);
-
-	/* count the handler's writes to its tables (digest.c) */
-	if (p->ntables > 0 && p->digest && CqrsDigestsInstalled())
-		CqrsDigestBegin(p->name, p->ntables, p->tables);
-	owner_scope_enter(p, &scope);
-	while (tuplestore_gettupleslot(events, true, false, slot))
-	{
-		bool		isnull;
-
-		CHECK_FOR_INTERRUPTS();
-		attempted_position = DatumGetInt64(slot_getattr(slot, Anum_events_position, &isnull));
-		if (attempted_position >= stop_before)
-			break;
-		if (!projection_wants(p, slot) || skipset_contains(skip, attempted_position))
-			continue;
-		if (!OidIsValid(p->handler))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_FUNCTION),
-					 errmsg("handler %s of projection \"%s\" does not exist",
-							p->handler_sig, p->name),
-					 errhint("Recreate the function, or drop the projection.")));
-		oldcxt = MemoryContextSwitchTo(tmpcxt);
-		call_handler(p, slot, &actx);
-		MemoryContextSwitchTo(oldcxt);
-		MemoryContextReset(tmpcxt);
-		applied++;
-	}
-	owner_scope_leave(&scope);
-	if (p->ntables > 0 && p->digest && CqrsDigestsInstalled())
-		CqrsDigestEnd(true);
-
-	tuplestore_select_read_pointer(events, 0);
-	error_context_stack = errcb.previous;
-	MemoryContextDelete(tmpcxt);
-	ExecDropSingleTupleTableSlot(slot);
-	return applied;
-}
-
-/*
- * Collect events after a position into a tuplestore, in position order:
- * at most limit events (NULL-free), up to and including upto.  Returns the
- * number collected and, in *last, the position of the last one.
- */
-static int64
-collect_events(Relation events, int64 after, int64 upto, int64 limit,
-			   Tuplestorestate *store, int64 *last)
-{
-	Relation	index = index_open(CqrsEventLog()->position_idx, AccessShareLock);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	TupleTableSlot *slot = table_slot_create(events, NULL);
-	IndexScanDesc scan;
-	ScanKeyData keys[2];
-	int64		n = 0;
-
-	ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
-	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(upto));
-	scan = cqrs_index_beginscan(events, index, snapshot, 2);
-	index_rescan(scan, keys, 2, NULL, 0);
-	*last = after;
-	while (n < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
-	{
-		bool		isnull;
-
-		tuplestore_puttupleslot(store, slot);
-		*last = DatumGetInt64(slot_getattr(slot, Anum_events_position, &isnull));
-		n++;
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
-	index_close(index, NoLock);
-	return n;
-}
-
-/* ----------------------------------------------------------------
- * Sync projections
- * ----------------------------------------------------------------
- */
-
-/*
- * The running sync projections of this database, from the cache.  The
- * caller holds a lock on cqrs.projections, so the cache reflects every
- * committed change that matters (see the file header).
- */
-static List *
-sync_projections(Oid relid)
-{
-	if (!projections_callback_registered)
-	{
-		CacheRegisterRelcacheCallback(projections_relcache_callback, (Datum) 0);
-		/* handlers resolved to OIDs: forget them when functions change */
-		CacheRegisterSyscacheCallback(PROCOID, projections_syscache_callback, (Datum) 0);
-		projections_callback_registered = true;
-	}
-	if (relid != projections_relid)
-	{
-		projections_relid = relid;
-		sync_cache_valid = false;
-	}
-	if (!sync_cache_valid)
-	{
-		MemoryContext oldcxt;
-		List	   *l;
-
-		if (sync_cache_cxt == NULL)
-			sync_cache_cxt = AllocSetContextCreate(CacheMemoryContext,
-												   "pg_cqrs sync projections",
-												   ALLOCSET_SMALL_SIZES);
-		MemoryContextReset(sync_cache_cxt);
-		sync_cache = NIL;
-
-		spi_connect();
-		oldcxt = MemoryContextSwitchTo(sync_cache_cxt);
-		l = projections_query("mode OPERATOR(pg_catalog.=) 'sync' AND state OPERATOR(pg_catalog.=) 'running'",
-							  NULL, ROWS_UNLOCKED);
-		MemoryContextSwitchTo(oldcxt);
-		SPI_finish();
-		sync_cache = l;
-		sync_cache_valid = true;
-	}
-	return sync_cache;
-}
-
-/*
- * cqrs.apply_sync_projections() RETURNS trigger
- *
- * AFTER INSERT ... FOR EACH STATEMENT on cqrs.events, with the statement's
- * new events as the transition table: apply them to every running sync
- * projection.
- */
-Datum
-cqrs_apply_sync_projections(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Oid			relid;
-	List	   *projections;
-	ListCell   *lc;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || trigdata->tg_newtable == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("cqrs.apply_sync_projections() must be called as an AFTER INSERT statement trigger with a transition table")));
-
-	relid = CqrsProjectionsRelid();
-	if (!OidIsValid(relid))
-		return PointerGetDatum(NULL);
-	/* already held by cqrs.append; taken here for plain INSERT and COPY */
-	LockRelationOid(relid, RowExclusiveLock);
-
-	projections = sync_projections(relid);
-	foreach(lc, projections)
-		apply_tuplestore((Projection *) lfirst(lc), trigdata->tg_newtable,
-						 RelationGetDescr(trigdata->tg_relation), NULL, PG_INT64_MAX);
-
-	return PointerGetDatum(NULL);
-}
-
-/*
- * Bring a sync projection from its position up to the head of the log,
- * inside the caller's transaction, and return the head, its new position.
- * The caller holds ShareLock on cqrs.projections, so the head is final and
- * nothing is being appended.
- */
-static int64
-sync_catch_up(Projection *p)
-{
-	Relation	events = CqrsOpenEventLog(AccessShareLock);
-	int64		head = CqrsMaxPosition(events, GetLatestSnapshot());
-	int64		after = p->position;
-
-	while (after < head)
-	{
-		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
-		int64		last;
-		int64		n = collect_events(events, after, head, cqrs_batch_size, store, &last);
-
-		if (n == 0)
-			break;
-		(void) apply_tuplestore(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
-		tuplestore_end(store);
-		after = last;
-	}
-	table_close(events, NoLock);
-	p->position = head;
-	return head;
-}
-
-/* ----------------------------------------------------------------
- * Deferred projections
- * ----------------------------------------------------------------
- */
-
-/*
- * The positions after a checkpoint that a projection was told to skip.
- */
-static SkipSet *
-load_skipset(const char *name, int64 after)
-{
-	Oid			argtypes[2] = {TEXTOID, INT8OID};
-	Datum		values[2];
-	SkipSet    *set;
-	int			rc;
-
-	values[0] = CStringGetTextDatum(name);
-	values[1] = Int64GetDatum(after);
-	rc = catalog_execute("SELECT \"position\" FROM cqrs.skipped_events"
-							   " WHERE projection OPERATOR(pg_catalog.=) $1"
-							   " AND \"position\" OPERATOR(pg_catalog.>) $2 ORDER BY 1",
-							   2, argtypes, values, NULL, true);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_cqrs: reading skipped events failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed == 0)
-		return NULL;
-	set = palloc(sizeof(SkipSet));
-	set->n = SPI_processed;
-	set->positions = palloc(set->n * sizeof(int64));
-	for (int i = 0; i < set->n; i++)
-	{
-		bool		isnull;
-
-		set->positions[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-														SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	return set;
-}
-
-/*
- * Apply a collected batch in a subtransaction.  Returns true on success
- * with *applied set; on a handler error rolls the subtransaction back and
- * returns false with the failing position and message.
- */
-static bool
-try_apply(Projection *p, Tuplestorestate *store, TupleDesc desc, SkipSet *skip,
-		  int64 stop_before, int64 *applied, int64 *fail_position, char **fail_message)
-{
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool ok = true;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		*applied = apply_tuplestore(p, store, desc, skip, stop_before);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-
-		*fail_position = attempted_position;
-		*fail_message = edata->message ? edata->message : "unknown error";
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
-}
-
-/*
- * CqrsApplyBatch
- *		Apply the next batch of a deferred projection, in the caller's
- *		transaction (SPI connected).
- *
- * Locks the projection's row, so concurrent appliers take turns; reads the
- * checkpoint they left.  With nowait (the worker) it waits for no lock at
- * all and reports 'b'usy instead: the worker then never sits in a lock queue
- * holding locks, so it can be part of no deadlock, with DROP EXTENSION or
- * lifecycle calls that lock in another order.  Then it applies events after
- * the checkpoint up to the safe position, at most limit of them, in a
- * subtransaction, and moves the checkpoint.
- *
- * A handler error rolls the batch back.  The events before the failing one
- * are then applied again in a new subtransaction, so the checkpoint stops
- * just before the failing event; the projection is marked failed there.
- */
-void
-CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *result)
-{
-	Projection *p;
-	Relation	events;
-	TupleDesc	desc;
-	int64		safe;
-	int64		last;
-	int64		applied = 0;
-	int64		fail_position = 0;
-	char	   *fail_message = NULL;
-	Tuplestorestate *store;
-	SkipSet    *skip;
-	List	   *l;
-	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
-	Datum		values[3];
-
-	memset(result, 0, sizeof(*result));
-
-	/*
-	 * RowExclusiveLock before the row lock: taking it only to move the
-	 * checkpoint would upgrade from the RowShareLock of FOR UPDATE and
-	 * deadlock with pause/drop, which hold ShareLock while they wait for
-	 * our row.
-	 */
-	if (nowait)
-	{
-		const CqrsEventLogOids *oids = CqrsEventLog();
-
-		if (!ConditionalLockRelationOid(oids->projections, RowExclusiveLock) ||
-			!ConditionalLockRelationOid(oids->events, AccessShareLock) ||
-			!ConditionalLockRelationOid(oids->skipped_events, AccessShareLock) ||
-			(OidIsValid(oids->projection_digests) &&
-			 !ConditionalLockRelationOid(oids->projection_digests, RowExclusiveLock)))
-		{
-			result->state = 'b';
-			return;
-		}
-	}
-	else
-		(void) projections_lock(RowExclusiveLock);
-	l = projections_query("true", name,
-						  nowait ? ROWS_FOR_UPDATE_SKIP_LOCKED : ROWS_FOR_UPDATE);
-	if (l == NIL)
-	{
-		/* dropped since the caller listed it, or (nowait) being applied */
-		result->state = nowait ? 'b' : 'p';
-		return;
-	}
-	p = linitial(l);
-	result->state = p->state;
-	result->position = p->position;
-	if (p->sync || p->state != 'r')
-		return;
-
-	events = CqrsOpenEventLog(AccessShareLock);
-	desc = RelationGetDescr(events);
-	safe = CqrsSafePosition(events);
-	if (safe <= p->position)
-	{
-		table_close(events, NoLock);
-		return;
-	}
-
-	store = tuplestore_begin_heap(false, false, work_mem);
-	result->examined = collect_events(events, p->position, safe, limit, store, &last);
-	if (result->examined < limit)
-		last = safe;			/* everything up to the safe position was seen */
-	skip = load_skipset(name, p->position);
-
-	if (try_apply(p, store, desc, skip, PG_INT64_MAX, &applied, &fail_position, &fail_message))
-	{
-		set_position(name, last);
-		result->applied = applied;
-		result->position = last;
-	}
-	else
-	{
-		int64		before = p->position;
-		int64		ignored_position;
-		char	   *ignored_message;
-
-		if (try_apply(p, store, desc, skip, fail_position, &applied,
-					  &ignored_position, &ignored_message))
-		{
-			before = fail_position - 1;
-			result->applied = applied;
-		}
-		values[0] = Int64GetDatum(before);
-		values[1] = Int64GetDatum(fail_position);
-		values[2] = CStringGetTextDatum(fail_message);
-		projection_update(name, "state = 'failed', \"position\" = $2, error_position = $3, last_error = $4",
-						  3, types, values, NULL);
-		result->state = 'f';
-		result->position = before;
-	}
-	tuplestore_end(store);
-	table_close(events, NoLock);
-}
 
 /* ----------------------------------------------------------------
  * SQL-callable lifecycle functions
  * ----------------------------------------------------------------
  */
-
-static char *
-name_arg(FunctionCallInfo fcinfo, int argno)
-{
-	char	   *name;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("projection name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
-	if (name[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("projection name must not be empty")));
-	return name;
-}
 
 /* Validate a handler: exists, takes exactly (cqrs.events), returns void. */
 static void
@@ -1171,7 +206,7 @@ check_tables_unowned(const char *name, ArrayType *tables)
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = PointerGetDatum(tables);
-	rc = catalog_execute("SELECT name, t::pg_catalog.text FROM cqrs.projections, pg_catalog.unnest(tables) t"
+	rc = CqrsCatalogExecute("SELECT name, t::pg_catalog.text FROM cqrs.projections, pg_catalog.unnest(tables) t"
 						 " WHERE name OPERATOR(pg_catalog.<>) $1 AND t OPERATOR(pg_catalog.=) ANY ($2)"
 						 " ORDER BY 1, 2 LIMIT 1",
 						 2, argtypes, values, NULL, true);
@@ -1197,13 +232,13 @@ check_tables_unowned(const char *name, ArrayType *tables)
 Datum
 cqrs_create_projection(PG_FUNCTION_ARGS)
 {
-	char	   *name = name_arg(fcinfo, 0);
+	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
 	Oid			handler;
 	char	   *mode;
 	bool		sync;
 	ArrayType  *tables;
 	Oid			relid;
-	Projection *p;
+	CqrsProjection *p;
 	int			rc;
 	bool		digest = true;
 	Oid			argtypes[9] = {TEXTOID, TEXTOID, OIDOID, TEXTOID, REGCLASSARRAYOID,
@@ -1243,10 +278,10 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	check_tables(tables);
 
 	/* Sync: no append may hold a position while we look at the head. */
-	relid = projections_lock(sync ? ShareLock : RowExclusiveLock);
+	relid = CqrsLockProjections(sync ? ShareLock : RowExclusiveLock);
 
-	spi_connect();
-	if (projections_query("true", name, ROWS_UNLOCKED) != NIL)
+	CqrsSPIConnect();
+	if (CqrsProjectionsQuery("true", name, CQRS_ROWS_UNLOCKED) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("projection \"%s\" already exists", name)));
@@ -1263,12 +298,12 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	values[7] = CStringGetTextDatum(GetConfigOption("search_path", false, false));
 	values[8] = BoolGetDatum(digest);
 	if (CqrsDigestsInstalled())
-		rc = catalog_execute("INSERT INTO cqrs.projections"
+		rc = CqrsCatalogExecute("INSERT INTO cqrs.projections"
 							 " (name, handler, owner, mode, tables, categories, types, search_path, digest)"
 							 " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8, $9)",
 							 9, argtypes, values, nulls, false);
 	else
-		rc = catalog_execute("INSERT INTO cqrs.projections"
+		rc = CqrsCatalogExecute("INSERT INTO cqrs.projections"
 							 " (name, handler, owner, mode, tables, categories, types, search_path)"
 							 " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8)",
 							 8, argtypes, values, nulls, false);
@@ -1276,7 +311,7 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 		elog(ERROR, "pg_cqrs: inserting projection failed: %s", SPI_result_code_string(rc));
 
 	check_tables_unowned(name, tables);
-	p = projection_get(name, false);
+	p = CqrsProjectionGet(name, false);
 	for (int i = 0; i < p->ntables && p->digest; i++)
 	{
 		CqrsDigestAttach(p->tables[i]);
@@ -1284,12 +319,12 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	}
 
 	if (sync)
-		set_position(name, sync_catch_up(p));
+		CqrsSetCheckpoint(name, CqrsSyncCatchUp(p));
 	else
-		wake_appliers();
+		CqrsWakeAppliers();
 
 	SPI_finish();
-	projections_changed(relid);
+	CqrsProjectionsChanged(relid);
 	PG_RETURN_VOID();
 }
 
@@ -1301,8 +336,8 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 Datum
 cqrs_drop_projection(PG_FUNCTION_ARGS)
 {
-	char	   *name = name_arg(fcinfo, 0);
-	Oid			relid = projections_lock(ShareLock);
+	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
+	Oid			relid = CqrsLockProjections(ShareLock);
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 	int			rc;
@@ -1311,9 +346,9 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 	int			ntables;
 	bool		isnull;
 
-	spi_connect();
+	CqrsSPIConnect();
 	values[0] = CStringGetTextDatum(name);
-	rc = catalog_execute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1"
+	rc = CqrsCatalogExecute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1"
 						 " RETURNING tables::pg_catalog.oid[]",
 						 1, argtypes, values, NULL, false);
 	if (rc != SPI_OK_DELETE_RETURNING)
@@ -1329,13 +364,13 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 		CqrsDigestDetach(DatumGetObjectId(tables[i]));
 	if (CqrsDigestsInstalled())
 	{
-		rc = catalog_execute("DELETE FROM cqrs.projection_digests WHERE projection OPERATOR(pg_catalog.=) $1",
+		rc = CqrsCatalogExecute("DELETE FROM cqrs.projection_digests WHERE projection OPERATOR(pg_catalog.=) $1",
 							 1, argtypes, values, NULL, false);
 		if (rc != SPI_OK_DELETE)
 			elog(ERROR, "pg_cqrs: deleting digests failed: %s", SPI_result_code_string(rc));
 	}
 	SPI_finish();
-	projections_changed(relid);
+	CqrsProjectionsChanged(relid);
 	PG_RETURN_VOID();
 }
 
@@ -1349,12 +384,12 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 Datum
 cqrs_pause_projection(PG_FUNCTION_ARGS)
 {
-	char	   *name = name_arg(fcinfo, 0);
-	Oid			relid = projections_lock(ShareLock);
-	Projection *p;
+	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
+	Oid			relid = CqrsLockProjections(ShareLock);
+	CqrsProjection *p;
 
-	spi_connect();
-	p = projection_get(name, true);
+	CqrsSPIConnect();
+	p = CqrsProjectionGet(name, true);
 	if (p->state != 'p')
 	{
 		if (p->sync && p->state == 'r')
@@ -1365,13 +400,13 @@ cqrs_pause_projection(PG_FUNCTION_ARGS)
 
 			values[0] = Int64GetDatum(CqrsMaxPosition(events, GetLatestSnapshot()));
 			table_close(events, NoLock);
-			projection_update(name, "state = 'paused', \"position\" = $2", 1, types, values, NULL);
+			CqrsProjectionUpdate(name, "state = 'paused', \"position\" = $2", 1, types, values, NULL);
 		}
 		else
-			projection_update(name, "state = 'paused'", 0, NULL, NULL, NULL);
+			CqrsProjectionUpdate(name, "state = 'paused'", 0, NULL, NULL, NULL);
 	}
 	SPI_finish();
-	projections_changed(relid);
+	CqrsProjectionsChanged(relid);
 	PG_RETURN_VOID();
 }
 
@@ -1384,23 +419,23 @@ cqrs_pause_projection(PG_FUNCTION_ARGS)
 Datum
 cqrs_resume_projection(PG_FUNCTION_ARGS)
 {
-	char	   *name = name_arg(fcinfo, 0);
-	Oid			relid = projections_lock(ShareLock);
-	Projection *p;
+	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
+	Oid			relid = CqrsLockProjections(ShareLock);
+	CqrsProjection *p;
 
-	spi_connect();
-	p = projection_get(name, true);
+	CqrsSPIConnect();
+	p = CqrsProjectionGet(name, true);
 	if (p->state != 'r')
 	{
-		projection_update(name, "state = 'running', last_error = NULL, error_position = NULL",
+		CqrsProjectionUpdate(name, "state = 'running', last_error = NULL, error_position = NULL",
 						  0, NULL, NULL, NULL);
 		if (p->sync)
-			set_position(name, sync_catch_up(p));
+			CqrsSetCheckpoint(name, CqrsSyncCatchUp(p));
 		else
-			wake_appliers();
+			CqrsWakeAppliers();
 	}
 	SPI_finish();
-	projections_changed(relid);
+	CqrsProjectionsChanged(relid);
 	PG_RETURN_VOID();
 }
 
@@ -1413,10 +448,10 @@ cqrs_resume_projection(PG_FUNCTION_ARGS)
 Datum
 cqrs_skip_event(PG_FUNCTION_ARGS)
 {
-	char	   *name = name_arg(fcinfo, 0);
+	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
 	int64		position;
 	Oid			relid;
-	Projection *p;
+	CqrsProjection *p;
 	Oid			argtypes[2] = {TEXTOID, INT8OID};
 	Datum		values[2];
 	int			rc;
@@ -1426,10 +461,10 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("event_position must not be null")));
 	position = PG_GETARG_INT64(1);
-	relid = projections_lock(RowExclusiveLock);
+	relid = CqrsLockProjections(RowExclusiveLock);
 
-	spi_connect();
-	p = projection_get(name, true);
+	CqrsSPIConnect();
+	p = CqrsProjectionGet(name, true);
 	if (p->sync)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1443,7 +478,7 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int64GetDatum(position);
-	rc = catalog_execute("SELECT 1 FROM cqrs.projections"
+	rc = CqrsCatalogExecute("SELECT 1 FROM cqrs.projections"
 							   " WHERE name OPERATOR(pg_catalog.=) $1"
 							   " AND error_position OPERATOR(pg_catalog.=) $2",
 							   2, argtypes, values, NULL, false);
@@ -1453,7 +488,7 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 				 errmsg("projection \"%s\" did not fail at position %lld", name, (long long) position),
 				 errhint("See error_position in cqrs.projection_status.")));
 
-	rc = catalog_execute("INSERT INTO cqrs.skipped_events (projection, \"position\", error)"
+	rc = CqrsCatalogExecute("INSERT INTO cqrs.skipped_events (projection, \"position\", error)"
 							   " SELECT name, error_position, last_error FROM cqrs.projections"
 							   " WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, values, NULL, false);
@@ -1463,13 +498,13 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 	 * Batches leave out skipped positions, so the checkpoint need not move;
 	 * it does when it sits just before the event, to keep status exact.
 	 */
-	projection_update(name, "state = 'running', last_error = NULL, error_position = NULL,"
+	CqrsProjectionUpdate(name, "state = 'running', last_error = NULL, error_position = NULL,"
 					  " \"position\" = CASE WHEN \"position\" OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 1)"
 					  " THEN $2 ELSE \"position\" END",
 					  1, &argtypes[1], &values[1], NULL);
 	SPI_finish();
-	projections_changed(relid);
-	wake_appliers();
+	CqrsProjectionsChanged(relid);
+	CqrsWakeAppliers();
 	PG_RETURN_VOID();
 }
 
@@ -1485,7 +520,7 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 Datum
 cqrs_process_projections(PG_FUNCTION_ARGS)
 {
-	char	   *only = PG_ARGISNULL(0) ? NULL : name_arg(fcinfo, 0);
+	char	   *only = PG_ARGISNULL(0) ? NULL : CqrsProjectionNameArg(fcinfo, 0);
 	int64		budget = PG_ARGISNULL(1) ? PG_INT64_MAX : PG_GETARG_INT32(1);
 	int64		total = 0;
 	int64		target;
@@ -1502,22 +537,22 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("cqrs.process_projections() must run at READ COMMITTED"),
 				 errdetail("It moves checkpoints the background worker moves too, which a REPEATABLE READ or SERIALIZABLE transaction cannot follow.")));
-	(void) projections_lock(RowExclusiveLock);
+	(void) CqrsLockProjections(RowExclusiveLock);
 	CqrsRequireHorizon();
 
 	events = CqrsOpenEventLog(AccessShareLock);
 	target = CqrsMaxPosition(events, GetLatestSnapshot());
 	table_close(events, NoLock);
 
-	spi_connect();
-	projections = projections_query("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
-									only, ROWS_UNLOCKED);
+	CqrsSPIConnect();
+	projections = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
+									only, CQRS_ROWS_UNLOCKED);
 	if (only != NULL && projections == NIL)
-		(void) projection_get(only, false); /* error if it does not exist */
+		(void) CqrsProjectionGet(only, false); /* error if it does not exist */
 
 	foreach(lc, projections)
 	{
-		Projection *p = lfirst(lc);
+		CqrsProjection *p = lfirst(lc);
 
 		while (budget > 0)
 		{
@@ -1561,11 +596,11 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 static int64
 projection_progress(const char *name, char *state)
 {
-	Projection *p;
+	CqrsProjection *p;
 	int64		position;
 
-	spi_connect();
-	p = projection_get(name, false);
+	CqrsSPIConnect();
+	p = CqrsProjectionGet(name, false);
 	position = p->position;
 	*state = p->state;
 	if (p->sync && p->state == 'r')
@@ -1591,7 +626,7 @@ cqrs_projection_position(PG_FUNCTION_ARGS)
 {
 	char		state;
 
-	PG_RETURN_INT64(projection_progress(name_arg(fcinfo, 0), &state));
+	PG_RETURN_INT64(projection_progress(CqrsProjectionNameArg(fcinfo, 0), &state));
 }
 
 /*
@@ -1605,7 +640,7 @@ cqrs_projection_position(PG_FUNCTION_ARGS)
 Datum
 cqrs_wait_for_projection(PG_FUNCTION_ARGS)
 {
-	char	   *name = name_arg(fcinfo, 0);
+	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
 	int64		up_to;
 	TimestampTz deadline;
 	bool		done = false;
@@ -1646,152 +681,3 @@ cqrs_wait_for_projection(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(done);
 }
 
-/* ----------------------------------------------------------------
- * For replay and reconcile (replay.c)
- * ----------------------------------------------------------------
- */
-
-/*
- * CqrsProjectionNameArg
- *		A projection name argument, checked: not NULL, not empty.
- */
-char *
-CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno)
-{
-	return name_arg(fcinfo, argno);
-}
-
-static void
-describe(Projection *p, CqrsRebuildTarget *t)
-{
-	t->name = pstrdup(p->name);
-	t->sync = p->sync;
-	t->state = p->state;
-	t->position = p->position;
-	t->owner = p->owner;
-	t->search_path = pstrdup(p->search_path);
-	t->digest = p->digest;
-	t->ntables = p->ntables;
-	t->tables = palloc((p->ntables + 1) * sizeof(Oid));
-	for (int i = 0; i < p->ntables; i++)
-		t->tables[i] = p->tables[i];
-}
-
-/*
- * CqrsRebuildDescribe
- *		A projection as last committed, without locking anything.
- */
-void
-CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target)
-{
-	MemoryContext callercxt = CurrentMemoryContext;
-	Projection *p;
-
-	spi_connect();
-	p = projection_get(name, false);
-	MemoryContextSwitchTo(callercxt);
-	describe(p, target);
-	SPI_finish();
-}
-
-/*
- * CqrsRebuildLock
- *		Hold a projection still while its tables are rebuilt or compared,
- *		and describe it.
- *
- * A sync projection: ShareLock on cqrs.projections, as for pause, so no
- * append holds or takes a position until the caller's (sub)transaction
- * ends; target->position is then the head of the log, exactly what the
- * projection has applied.  A deferred one: its catalog row, locked, so the
- * worker skips it and process_projections waits; target->position is its
- * checkpoint.  The mode is read first, unlocked, to pick the lock; it is
- * checked again once locked.
- */
-void
-CqrsRebuildLock(const char *name, CqrsRebuildTarget *target)
-{
-	MemoryContext callercxt = CurrentMemoryContext;
-	Projection *p;
-	bool		sync;
-
-	spi_connect();
-	sync = projection_get(name, false)->sync;
-	(void) projections_lock(sync ? ShareLock : RowExclusiveLock);
-	p = projection_get(name, true);
-	if (p->sync != sync)
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("projection \"%s\" was replaced concurrently", name)));
-	MemoryContextSwitchTo(callercxt);
-	describe(p, target);
-	if (p->sync && p->state == 'r')
-	{
-		Relation	events = CqrsOpenEventLog(AccessShareLock);
-
-		target->position = CqrsMaxPosition(events, GetLatestSnapshot());
-		table_close(events, NoLock);
-	}
-	SPI_finish();
-}
-
-/*
- * CqrsRebuildApply
- *		Apply every event up to and including upto to a projection whose
- *		tables the caller has emptied, in the caller's transaction: the
- *		events it wants, minus those it was told to skip.  A handler error
- *		is the caller's error.  Returns the number of events applied.
- */
-int64
-CqrsRebuildApply(const char *name, int64 upto)
-{
-	Projection *p;
-	Relation	events;
-	SkipSet    *skip;
-	int64		after = 0;
-	int64		applied = 0;
-
-	spi_connect();
-	p = projection_get(name, false);
-	skip = load_skipset(name, 0);
-	events = CqrsOpenEventLog(AccessShareLock);
-	while (after < upto)
-	{
-		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
-		int64		last;
-		int64		n;
-
-		CHECK_FOR_INTERRUPTS();
-		n = collect_events(events, after, upto, 10 * (int64) cqrs_batch_size, store, &last);
-		if (n > 0)
-			applied += apply_tuplestore(p, store, RelationGetDescr(events), skip, PG_INT64_MAX);
-		tuplestore_end(store);
-		if (n == 0)
-			break;
-		after = last;
-	}
-	table_close(events, NoLock);
-	SPI_finish();
-	return applied;
-}
-
-/*
- * CqrsRebuildFinish
- *		Record that a projection's tables hold every event up to position:
- *		its checkpoint; a failed projection runs again.
- */
-void
-CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position)
-{
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
-
-	spi_connect();
-	values[0] = Int64GetDatum(position);
-	projection_update(target->name,
-					  "\"position\" = $2, state = CASE state WHEN 'failed' THEN 'running' ELSE state END,"
-					  " last_error = NULL, error_position = NULL",
-					  1, types, values, NULL);
-	SPI_finish();
-	if (!target->sync)
-		wake_appliers();
-}

@@ -1,0 +1,681 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.c
+ *		Applying events to projections: handler calls, the sync trigger, batches, rebuilds.
+ *
+ * The one place where handlers are called.  A projection's handler is an
+ * ordinary function handler(e cqrs.events) RETURNS void, called once per
+ * event the projection wants (its category and type filters), in position
+ * order, as the projection's owner (scope.c), with the handler's writes to
+ * its read tables counted into their digests (digest.c).  Three callers
+ * feed it events:
+ *
+ *	sync		the statement-level AFTER INSERT trigger on the log, with the
+ *				statement's transition table, inside the appending
+ *				transaction; and the catch-up of create/resume.
+ *	deferred	a batch after the projection's checkpoint, up to the safe
+ *				position (horizon.c), run by the worker or by
+ *				cqrs.process_projections().
+ *	rebuild		replay and reconcile (replay.c): all of history into
+ *				emptied tables, with the projection held still.
+ *
+ * Checkpoint.  For a deferred projection, the position up to which every
+ * event has been applied (or filtered out, or skipped).  A batch never goes
+ * past the safe position, so no event committed later can land below the
+ * checkpoint.  Each batch commits together with its checkpoint, so every
+ * event takes effect exactly once.  Concurrent appliers (the worker, any
+ * number of process_projections calls) serialise on the projection's
+ * catalog row, locked FOR UPDATE; the second one re-reads the checkpoint
+ * the first one committed.
+ *
+ * Failures.  A sync handler's error aborts the append, with the projection
+ * named in the error context.  A deferred batch runs in a subtransaction: a
+ * handler error rolls the batch back, then the projection is marked failed
+ * with the position and message, in the enclosing transaction, and the
+ * other projections go on.
+ *
+ * Calls down into catalog.c, digest.c, horizon.c, scope.c, eventlog.c and
+ * wakeup.c; called by the worker, the lifecycle functions and replay.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/apply.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/wait_event.h"
+#include "storage/latch.h"
+
+#include "compat.h"
+#include "pg_cqrs.h"
+
+PG_FUNCTION_INFO_V1(cqrs_apply_sync_projections);
+
+/* Error context while a handler runs. */
+typedef struct ApplyContext
+{
+	const char *projection;
+	int64		position;
+} ApplyContext;
+
+
+
+/* ----------------------------------------------------------------
+ * Running handlers
+ * ----------------------------------------------------------------
+ */
+
+static void
+apply_error_callback(void *arg)
+{
+	ApplyContext *ctx = (ApplyContext *) arg;
+
+	errcontext("projection \"%s\" applying the event at position %lld",
+			   ctx->projection, (long long) ctx->position);
+}
+
+static void
+owner_scope_enter(CqrsProjection *p, CqrsOwnerScope *scope)
+{
+	CqrsOwnerScopeEnter(p->owner, p->search_path, scope);
+}
+
+static void
+owner_scope_leave(CqrsOwnerScope *scope)
+{
+	CqrsOwnerScopeLeave(scope);
+}
+
+static bool
+names_match(text **names, int n, const char *s, int len)
+{
+	if (names == NULL)
+		return true;
+	for (int i = 0; i < n; i++)
+		if (VARSIZE_ANY_EXHDR(names[i]) == len &&
+			memcmp(VARDATA_ANY(names[i]), s, len) == 0)
+			return true;
+	return false;
+}
+
+/* Whether the event in slot passes the projection's filters. */
+static bool
+projection_wants(CqrsProjection *p, TupleTableSlot *slot)
+{
+	bool		isnull;
+	text	   *t;
+
+	if (p->categories != NULL)
+	{
+		const char *dash;
+		int			len;
+
+		t = DatumGetTextPP(slot_getattr(slot, Anum_events_stream, &isnull));
+		len = VARSIZE_ANY_EXHDR(t);
+		dash = memchr(VARDATA_ANY(t), '-', len);
+		if (dash)
+			len = dash - VARDATA_ANY(t);
+		if (!names_match(p->categories, p->ncategories, VARDATA_ANY(t), len))
+			return false;
+	}
+	if (p->types != NULL)
+	{
+		t = DatumGetTextPP(slot_getattr(slot, Anum_events_type, &isnull));
+		if (!names_match(p->types, p->ntypes, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Position of the event whose handler call is under way (or failed); read
+ * after an error has unwound CqrsApplyEvents.
+ */
+static int64 attempted_position = 0;
+
+/*
+ * Call the handler on the event in slot.  The caller is in the owner scope
+ * and resets tmpcxt between events.
+ */
+static void
+call_handler(CqrsProjection *p, TupleTableSlot *slot, ApplyContext *actx)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+
+	actx->position = attempted_position;
+	InitFunctionCallInfoData(*fcinfo, &p->flinfo, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = ExecFetchSlotHeapTupleDatum(slot);
+	fcinfo->args[0].isnull = false;
+	(void) FunctionCallInvoke(fcinfo);
+}
+
+/* A sorted set of positions a projection was told to skip. */
+static bool
+skipset_contains(CqrsSkipSet *set, int64 position)
+{
+	int			lo = 0,
+				hi;
+
+	if (set == NULL)
+		return false;
+	hi = set->n - 1;
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (set->positions[mid] == position)
+			return true;
+		if (set->positions[mid] < position)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return false;
+}
+
+/*
+ * Apply the events of a tuplestore to one projection, in order, as its
+ * owner: those it wants, not in skip, below stop_before.  Returns the
+ * number of events handed to the handler.
+ */
+int64
+CqrsApplyEvents(CqrsProjection *p, Tuplestorestate *events, TupleDesc desc,
+				 CqrsSkipSet *skip, int64 stop_before)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	MemoryContext tmpcxt = AllocSetContextCreate(CurrentMemoryContext,
+												 "pg_cqrs apply",
+												 ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt;
+	ApplyContext actx;
+	ErrorContextCallback errcb;
+	CqrsOwnerScope	scope;
+	int			readptr;
+	int64		applied = 0;
+
+	actx.projection = p->name;
+	actx.position = 0;
+	errcb.callback = apply_error_callback;
+	errcb.arg = &actx;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	readptr = tuplestore_alloc_read_pointer(events, EXEC_FLAG_REWIND);
+	tuplestore_select_read_pointer(events, readptr);
+	tuplestore_rescan(events);
+
+	/* count the handler's writes to its tables (digest.c) */
+	if (p->ntables > 0 && p->digest && CqrsDigestsInstalled())
+		CqrsDigestBegin(p->name, p->ntables, p->tables);
+	owner_scope_enter(p, &scope);
+	while (tuplestore_gettupleslot(events, true, false, slot))
+	{
+		bool		isnull;
+
+		CHECK_FOR_INTERRUPTS();
+		attempted_position = DatumGetInt64(slot_getattr(slot, Anum_events_position, &isnull));
+		if (attempted_position >= stop_before)
+			break;
+		if (!projection_wants(p, slot) || skipset_contains(skip, attempted_position))
+			continue;
+		if (!OidIsValid(p->handler))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("handler %s of projection \"%s\" does not exist",
+							p->handler_sig, p->name),
+					 errhint("Recreate the function, or drop the projection.")));
+		oldcxt = MemoryContextSwitchTo(tmpcxt);
+		call_handler(p, slot, &actx);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(tmpcxt);
+		applied++;
+	}
+	owner_scope_leave(&scope);
+	if (p->ntables > 0 && p->digest && CqrsDigestsInstalled())
+		CqrsDigestEnd(true);
+
+	tuplestore_select_read_pointer(events, 0);
+	error_context_stack = errcb.previous;
+	MemoryContextDelete(tmpcxt);
+	ExecDropSingleTupleTableSlot(slot);
+	return applied;
+}
+
+/*
+ * Collect events after a position into a tuplestore, in position order:
+ * at most limit events (NULL-free), up to and including upto.  Returns the
+ * number collected and, in *last, the position of the last one.
+ */
+int64
+CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
+			   Tuplestorestate *store, int64 *last)
+{
+	Relation	index = index_open(CqrsEventLog()->position_idx, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	int64		n = 0;
+
+	ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(upto));
+	scan = cqrs_index_beginscan(events, index, snapshot, 2);
+	index_rescan(scan, keys, 2, NULL, 0);
+	*last = after;
+	while (n < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		tuplestore_puttupleslot(store, slot);
+		*last = DatumGetInt64(slot_getattr(slot, Anum_events_position, &isnull));
+		n++;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(index, NoLock);
+	return n;
+}
+
+/* ----------------------------------------------------------------
+ * Sync projections
+ * ----------------------------------------------------------------
+ */
+/*
+ * cqrs.apply_sync_projections() RETURNS trigger
+ *
+ * AFTER INSERT ... FOR EACH STATEMENT on cqrs.events, with the statement's
+ * new events as the transition table: apply them to every running sync
+ * projection.
+ */
+Datum
+cqrs_apply_sync_projections(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Oid			relid;
+	List	   *projections;
+	ListCell   *lc;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || trigdata->tg_newtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("cqrs.apply_sync_projections() must be called as an AFTER INSERT statement trigger with a transition table")));
+
+	relid = CqrsProjectionsRelid();
+	if (!OidIsValid(relid))
+		return PointerGetDatum(NULL);
+	/* already held by cqrs.append; taken here for plain INSERT and COPY */
+	LockRelationOid(relid, RowExclusiveLock);
+
+	projections = CqrsSyncProjections(relid);
+	foreach(lc, projections)
+		CqrsApplyEvents((CqrsProjection *) lfirst(lc), trigdata->tg_newtable,
+						 RelationGetDescr(trigdata->tg_relation), NULL, PG_INT64_MAX);
+
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * Bring a sync projection from its position up to the head of the log,
+ * inside the caller's transaction, and return the head, its new position.
+ * The caller holds ShareLock on cqrs.projections, so the head is final and
+ * nothing is being appended.
+ */
+int64
+CqrsSyncCatchUp(CqrsProjection *p)
+{
+	Relation	events = CqrsOpenEventLog(AccessShareLock);
+	int64		head = CqrsMaxPosition(events, GetLatestSnapshot());
+	int64		after = p->position;
+
+	while (after < head)
+	{
+		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
+		int64		last;
+		int64		n = CqrsCollectEvents(events, after, head, cqrs_batch_size, store, &last);
+
+		if (n == 0)
+			break;
+		(void) CqrsApplyEvents(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
+		tuplestore_end(store);
+		after = last;
+	}
+	table_close(events, NoLock);
+	p->position = head;
+	return head;
+}
+
+/* ----------------------------------------------------------------
+ * Deferred projections
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Apply a collected batch in a subtransaction.  Returns true on success
+ * with *applied set; on a handler error rolls the subtransaction back and
+ * returns false with the failing position and message.
+ */
+static bool
+try_apply(CqrsProjection *p, Tuplestorestate *store, TupleDesc desc, CqrsSkipSet *skip,
+		  int64 stop_before, int64 *applied, int64 *fail_position, char **fail_message)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		*applied = CqrsApplyEvents(p, store, desc, skip, stop_before);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+
+		*fail_position = attempted_position;
+		*fail_message = edata->message ? edata->message : "unknown error";
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * CqrsApplyBatch
+ *		Apply the next batch of a deferred projection, in the caller's
+ *		transaction (SPI connected).
+ *
+ * Locks the projection's row, so concurrent appliers take turns; reads the
+ * checkpoint they left.  With nowait (the worker) it waits for no lock at
+ * all and reports 'b'usy instead: the worker then never sits in a lock queue
+ * holding locks, so it can be part of no deadlock, with DROP EXTENSION or
+ * lifecycle calls that lock in another order.  Then it applies events after
+ * the checkpoint up to the safe position, at most limit of them, in a
+ * subtransaction, and moves the checkpoint.
+ *
+ * A handler error rolls the batch back.  The events before the failing one
+ * are then applied again in a new subtransaction, so the checkpoint stops
+ * just before the failing event; the projection is marked failed there.
+ */
+void
+CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *result)
+{
+	CqrsProjection *p;
+	Relation	events;
+	TupleDesc	desc;
+	int64		safe;
+	int64		last;
+	int64		applied = 0;
+	int64		fail_position = 0;
+	char	   *fail_message = NULL;
+	Tuplestorestate *store;
+	CqrsSkipSet    *skip;
+	List	   *l;
+	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
+	Datum		values[3];
+
+	memset(result, 0, sizeof(*result));
+
+	/*
+	 * RowExclusiveLock before the row lock: taking it only to move the
+	 * checkpoint would upgrade from the RowShareLock of FOR UPDATE and
+	 * deadlock with pause/drop, which hold ShareLock while they wait for
+	 * our row.
+	 */
+	if (nowait)
+	{
+		const CqrsEventLogOids *oids = CqrsEventLog();
+
+		if (!ConditionalLockRelationOid(oids->projections, RowExclusiveLock) ||
+			!ConditionalLockRelationOid(oids->events, AccessShareLock) ||
+			!ConditionalLockRelationOid(oids->skipped_events, AccessShareLock) ||
+			(OidIsValid(oids->projection_digests) &&
+			 !ConditionalLockRelationOid(oids->projection_digests, RowExclusiveLock)))
+		{
+			result->state = 'b';
+			return;
+		}
+	}
+	else
+		(void) CqrsLockProjections(RowExclusiveLock);
+	l = CqrsProjectionsQuery("true", name,
+						  nowait ? CQRS_ROWS_FOR_UPDATE_SKIP_LOCKED : CQRS_ROWS_FOR_UPDATE);
+	if (l == NIL)
+	{
+		/* dropped since the caller listed it, or (nowait) being applied */
+		result->state = nowait ? 'b' : 'p';
+		return;
+	}
+	p = linitial(l);
+	result->state = p->state;
+	result->position = p->position;
+	if (p->sync || p->state != 'r')
+		return;
+
+	events = CqrsOpenEventLog(AccessShareLock);
+	desc = RelationGetDescr(events);
+	safe = CqrsSafePosition(events);
+	if (safe <= p->position)
+	{
+		table_close(events, NoLock);
+		return;
+	}
+
+	store = tuplestore_begin_heap(false, false, work_mem);
+	result->examined = CqrsCollectEvents(events, p->position, safe, limit, store, &last);
+	if (result->examined < limit)
+		last = safe;			/* everything up to the safe position was seen */
+	skip = CqrsLoadSkipSet(name, p->position);
+
+	if (try_apply(p, store, desc, skip, PG_INT64_MAX, &applied, &fail_position, &fail_message))
+	{
+		CqrsSetCheckpoint(name, last);
+		result->applied = applied;
+		result->position = last;
+	}
+	else
+	{
+		int64		before = p->position;
+		int64		ignored_position;
+		char	   *ignored_message;
+
+		if (try_apply(p, store, desc, skip, fail_position, &applied,
+					  &ignored_position, &ignored_message))
+		{
+			before = fail_position - 1;
+			result->applied = applied;
+		}
+		values[0] = Int64GetDatum(before);
+		values[1] = Int64GetDatum(fail_position);
+		values[2] = CStringGetTextDatum(fail_message);
+		CqrsProjectionUpdate(name, "state = 'failed', \"position\" = $2, error_position = $3, last_error = $4",
+						  3, types, values, NULL);
+		result->state = 'f';
+		result->position = before;
+	}
+	tuplestore_end(store);
+	table_close(events, NoLock);
+}
+
+
+static void
+describe(CqrsProjection *p, CqrsRebuildTarget *t)
+{
+	t->name = pstrdup(p->name);
+	t->sync = p->sync;
+	t->state = p->state;
+	t->position = p->position;
+	t->owner = p->owner;
+	t->search_path = pstrdup(p->search_path);
+	t->digest = p->digest;
+	t->ntables = p->ntables;
+	t->tables = palloc((p->ntables + 1) * sizeof(Oid));
+	for (int i = 0; i < p->ntables; i++)
+		t->tables[i] = p->tables[i];
+}
+
+/*
+ * CqrsRebuildDescribe
+ *		A projection as last committed, without locking anything.
+ */
+void
+CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	CqrsProjection *p;
+
+	CqrsSPIConnect();
+	p = CqrsProjectionGet(name, false);
+	MemoryContextSwitchTo(callercxt);
+	describe(p, target);
+	SPI_finish();
+}
+
+/*
+ * CqrsRebuildLock
+ *		Hold a projection still while its tables are rebuilt or compared,
+ *		and describe it.
+ *
+ * A sync projection: ShareLock on cqrs.projections, as for pause, so no
+ * append holds or takes a position until the caller's (sub)transaction
+ * ends; target->position is then the head of the log, exactly what the
+ * projection has applied.  A deferred one: its catalog row, locked, so the
+ * worker skips it and process_projections waits; target->position is its
+ * checkpoint.  The mode is read first, unlocked, to pick the lock; it is
+ * checked again once locked.
+ */
+void
+CqrsRebuildLock(const char *name, CqrsRebuildTarget *target)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	CqrsProjection *p;
+	bool		sync;
+
+	CqrsSPIConnect();
+	sync = CqrsProjectionGet(name, false)->sync;
+	(void) CqrsLockProjections(sync ? ShareLock : RowExclusiveLock);
+	p = CqrsProjectionGet(name, true);
+	if (p->sync != sync)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("projection \"%s\" was replaced concurrently", name)));
+	MemoryContextSwitchTo(callercxt);
+	describe(p, target);
+	if (p->sync && p->state == 'r')
+	{
+		Relation	events = CqrsOpenEventLog(AccessShareLock);
+
+		target->position = CqrsMaxPosition(events, GetLatestSnapshot());
+		table_close(events, NoLock);
+	}
+	SPI_finish();
+}
+
+/*
+ * CqrsRebuildApply
+ *		Apply every event up to and including upto to a projection whose
+ *		tables the caller has emptied, in the caller's transaction: the
+ *		events it wants, minus those it was told to skip.  A handler error
+ *		is the caller's error.  Returns the number of events applied.
+ */
+int64
+CqrsRebuildApply(const char *name, int64 upto)
+{
+	CqrsProjection *p;
+	Relation	events;
+	CqrsSkipSet    *skip;
+	int64		after = 0;
+	int64		applied = 0;
+
+	CqrsSPIConnect();
+	p = CqrsProjectionGet(name, false);
+	skip = CqrsLoadSkipSet(name, 0);
+	events = CqrsOpenEventLog(AccessShareLock);
+	while (after < upto)
+	{
+		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
+		int64		last;
+		int64		n;
+
+		CHECK_FOR_INTERRUPTS();
+		n = CqrsCollectEvents(events, after, upto, 10 * (int64) cqrs_batch_size, store, &last);
+		if (n > 0)
+			applied += CqrsApplyEvents(p, store, RelationGetDescr(events), skip, PG_INT64_MAX);
+		tuplestore_end(store);
+		if (n == 0)
+			break;
+		after = last;
+	}
+	table_close(events, NoLock);
+	SPI_finish();
+	return applied;
+}
+
+/*
+ * CqrsRebuildFinish
+ *		Record that a projection's tables hold every event up to position:
+ *		its checkpoint; a failed projection runs again.
+ */
+void
+CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	CqrsSPIConnect();
+	values[0] = Int64GetDatum(position);
+	CqrsProjectionUpdate(target->name,
+					  "\"position\" = $2, state = CASE state WHEN 'failed' THEN 'running' ELSE state END,"
+					  " last_error = NULL, error_position = NULL",
+					  1, types, values, NULL);
+	SPI_finish();
+	if (!target->sync)
+		CqrsWakeAppliers();
+}

@@ -1,0 +1,471 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *		The projection catalog: its rows, the sync cache, skipped events.
+ *
+ * cqrs.projections holds one row per projection: its handler (stored as a
+ * qualified signature), owner, mode, filters, pinned search_path, state,
+ * checkpoint and read tables; cqrs.skipped_events the positions a failed
+ * projection was told to skip.  This file reads and writes both, always as
+ * the catalog's owner (scope.c) and with schema-qualified SQL, and keeps
+ * the backend's cache of running sync projections, which a relcache
+ * invalidation of cqrs.projections (sent by every change, see
+ * CqrsProjectionsChanged) or of any function drops.
+ *
+ * It calls only eventlog.c and scope.c: everything that applies events,
+ * or exposes projections to SQL, is above it.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/catalog.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/wait_event.h"
+#include "storage/latch.h"
+
+#include "compat.h"
+#include "pg_cqrs.h"
+
+
+/* The sync projections of this backend's database, cached. */
+static List *sync_cache = NIL;
+static bool sync_cache_valid = false;
+static MemoryContext sync_cache_cxt = NULL;
+static bool projections_callback_registered = false;
+static Oid	projections_relid = InvalidOid;
+
+
+/* ----------------------------------------------------------------
+ * The catalog
+ * ----------------------------------------------------------------
+ */
+
+static void
+projections_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	sync_cache_valid = false;
+}
+
+static void
+projections_relcache_callback(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == projections_relid)
+		sync_cache_valid = false;
+}
+
+/*
+ * CqrsProjectionsRelid
+ *		OID of cqrs.projections, or InvalidOid where the extension's
+ *		installed version predates projections.
+ */
+Oid
+CqrsProjectionsRelid(void)
+{
+	if (!OidIsValid(get_namespace_oid("cqrs", true)))
+		return InvalidOid;
+	return CqrsEventLog()->projections;
+}
+
+/*
+ * CqrsLockProjectionsForAppend
+ *		Called by appends before they take a position; see the file header.
+ */
+void
+CqrsLockProjectionsForAppend(void)
+{
+	Oid			relid = CqrsEventLog()->projections;
+
+	if (OidIsValid(relid))
+		LockRelationOid(relid, RowExclusiveLock);
+}
+
+/* Tell every backend, at commit, that projection definitions changed. */
+void
+CqrsProjectionsChanged(Oid relid)
+{
+	CacheInvalidateRelcacheByRelid(relid);
+}
+
+Oid
+CqrsLockProjections(LOCKMODE mode)
+{
+	Oid			relid = CqrsProjectionsRelid();
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_cqrs is not up to date in this database"),
+				 errhint("Run ALTER EXTENSION pg_cqrs UPDATE.")));
+	LockRelationOid(relid, mode);
+	return relid;
+}
+
+static text **
+text_array_elems(Datum d, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			count;
+	text	  **out;
+	int			m = 0;
+
+	/* copied: the datum lives in SPI memory, the result in ours */
+	deconstruct_array(DatumGetArrayTypePCopy(d), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &count);
+	out = palloc((count + 1) * sizeof(text *));
+	for (int i = 0; i < count; i++)
+		if (!nulls[i])
+			out[m++] = DatumGetTextPP(elems[i]);
+	*n = m;
+	return out;
+}
+
+
+/*
+ * CqrsCatalogConnect
+ *		Connect to SPI and act as the catalog's owner, for the other files
+ *		that keep bookkeeping next to the catalog (digest.c).
+ */
+void
+CqrsCatalogConnect(CqrsCatalogScope *scope)
+{
+	CqrsSPIConnect();
+	CqrsCatalogScopeEnter(scope);
+}
+
+void
+CqrsCatalogDisconnect(CqrsCatalogScope *scope)
+{
+	CqrsCatalogScopeLeave(scope);
+	SPI_finish();
+}
+
+/* SPI_execute_with_args on the catalog, as its owner. */
+int
+CqrsCatalogExecute(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				const char *nulls, bool read_only)
+{
+	CqrsCatalogScope scope;
+	int			rc;
+
+	CqrsCatalogScopeEnter(&scope);
+	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, 0);
+	CqrsCatalogScopeLeave(&scope);
+	return rc;
+}
+
+/* The handler's OID from its stored signature; InvalidOid if it is gone. */
+static Oid
+resolve_handler(const char *signature)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		result;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = CStringGetTextDatum(signature);
+	fcinfo->args[0].isnull = false;
+	result = to_regprocedure(fcinfo);
+	return fcinfo->isnull ? InvalidOid : DatumGetObjectId(result);
+}
+
+/* digest came with 0.3.0: before ALTER EXTENSION UPDATE, every projection has one */
+#define PROJECTION_COLUMNS \
+	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\", tables::pg_catalog.oid[], %s"
+
+/*
+ * Build a CqrsProjection from a row of PROJECTION_COLUMNS, in the current
+ * memory context.  Resolves the handler, which may raise an error if it was
+ * dropped.
+ */
+static CqrsProjection *
+projection_from_row(HeapTuple tuple, TupleDesc desc)
+{
+	CqrsProjection *p = palloc0(sizeof(CqrsProjection));
+	bool		isnull;
+	Datum		d;
+	char	   *mode;
+	char	   *state;
+
+	p->name = TextDatumGetCString(SPI_getbinval(tuple, desc, 1, &isnull));
+	p->handler_sig = TextDatumGetCString(SPI_getbinval(tuple, desc, 2, &isnull));
+	p->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
+	mode = TextDatumGetCString(SPI_getbinval(tuple, desc, 4, &isnull));
+	p->sync = strcmp(mode, "sync") == 0;
+	d = SPI_getbinval(tuple, desc, 5, &isnull);
+	if (!isnull)
+		p->categories = text_array_elems(d, &p->ncategories);
+	d = SPI_getbinval(tuple, desc, 6, &isnull);
+	if (!isnull)
+		p->types = text_array_elems(d, &p->ntypes);
+	p->search_path = TextDatumGetCString(SPI_getbinval(tuple, desc, 7, &isnull));
+	state = TextDatumGetCString(SPI_getbinval(tuple, desc, 8, &isnull));
+	p->state = state[0];
+	p->position = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
+	d = SPI_getbinval(tuple, desc, 10, &isnull);
+	if (!isnull)
+	{
+		Datum	   *elems;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypePCopy(d), OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+						  &elems, NULL, &n);
+		p->tables = palloc((n + 1) * sizeof(Oid));
+		for (int i = 0; i < n; i++)
+			p->tables[i] = DatumGetObjectId(elems[i]);
+		p->ntables = n;
+	}
+	p->digest = DatumGetBool(SPI_getbinval(tuple, desc, 11, &isnull));
+
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(p->owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of projection \"%s\" no longer exists", p->name),
+				 errhint("Drop the projection and create it again as an existing role.")));
+
+	/* a dropped handler is reported when the projection next runs */
+	p->handler = resolve_handler(p->handler_sig);
+	if (OidIsValid(p->handler))
+		fmgr_info_cxt(p->handler, &p->flinfo, CurrentMemoryContext);
+	return p;
+}
+
+/*
+ * Read projections with SQL (already connected to SPI).  where is a
+ * constant condition, name an optional parameter $1.  Reads with a fresh
+ * snapshot: a caller that waited for a lock must see what the holder
+ * committed, whatever its isolation level.
+ */
+List *
+CqrsProjectionsQuery(const char *where, const char *name, CqrsRowLock rowlock)
+{
+	StringInfoData sql;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	int			rc;
+	List	   *result = NIL;
+	MemoryContext callercxt = CurrentMemoryContext;
+	CqrsCatalogScope scope;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT " PROJECTION_COLUMNS " FROM cqrs.projections WHERE %s%s ORDER BY name%s",
+					 CqrsDigestsInstalled() ? "digest" : "true",
+					 where, name ? " AND name OPERATOR(pg_catalog.=) $1" : "",
+					 rowlock == CQRS_ROWS_FOR_UPDATE ? " FOR UPDATE" :
+					 rowlock == CQRS_ROWS_FOR_UPDATE_SKIP_LOCKED ? " FOR UPDATE SKIP LOCKED" : "");
+	values[0] = name ? CStringGetTextDatum(name) : (Datum) 0;
+
+	CqrsCatalogScopeEnter(&scope);
+	if (rowlock != CQRS_ROWS_UNLOCKED)
+		rc = SPI_execute_with_args(sql.data, name ? 1 : 0, argtypes, values, NULL, false, 0);
+	else
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql.data, name ? 1 : 0, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "pg_cqrs: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
+								  InvalidSnapshot, true, false, 0);
+		SPI_freeplan(plan);
+	}
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_cqrs: reading cqrs.projections failed: %s", SPI_result_code_string(rc));
+
+	/* SPI calls leave us in SPI's context; build in the caller's */
+	MemoryContextSwitchTo(callercxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		result = lappend(result, projection_from_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc));
+	CqrsCatalogScopeLeave(&scope);
+	return result;
+}
+
+CqrsProjection *
+CqrsProjectionGet(const char *name, bool for_update)
+{
+	List	   *l = CqrsProjectionsQuery("true", name,
+									  for_update ? CQRS_ROWS_FOR_UPDATE : CQRS_ROWS_UNLOCKED);
+
+	if (l == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("projection \"%s\" does not exist", name)));
+	return linitial(l);
+}
+
+void
+CqrsProjectionUpdate(const char *name, const char *set, int nargs, Oid *argtypes, Datum *values, const char *nulls)
+{
+	StringInfoData sql;
+	Oid			types[8];
+	Datum		vals[8];
+	char		ns[8];
+	int			rc;
+
+	Assert(nargs < 8);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE cqrs.projections SET %s, updated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1", set);
+	types[0] = TEXTOID;
+	vals[0] = CStringGetTextDatum(name);
+	ns[0] = ' ';
+	for (int i = 0; i < nargs; i++)
+	{
+		types[i + 1] = argtypes[i];
+		vals[i + 1] = values[i];
+		ns[i + 1] = nulls ? nulls[i] : ' ';
+	}
+	rc = CqrsCatalogExecute(sql.data, nargs + 1, types, vals, ns, false);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "pg_cqrs: updating projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
+}
+
+void
+CqrsSPIConnect(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "pg_cqrs: SPI_connect failed");
+}
+
+/* Move a projection's checkpoint. */
+void
+CqrsSetCheckpoint(const char *name, int64 position)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	values[0] = Int64GetDatum(position);
+	CqrsProjectionUpdate(name, "\"position\" = $2", 1, types, values, NULL);
+}
+
+/*
+ * The running sync projections of this database, from the cache.  The
+ * caller holds a lock on cqrs.projections, so the cache reflects every
+ * committed change that matters (see the file header).
+ */
+List *
+CqrsSyncProjections(Oid relid)
+{
+	if (!projections_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(projections_relcache_callback, (Datum) 0);
+		/* handlers resolved to OIDs: forget them when functions change */
+		CacheRegisterSyscacheCallback(PROCOID, projections_syscache_callback, (Datum) 0);
+		projections_callback_registered = true;
+	}
+	if (relid != projections_relid)
+	{
+		projections_relid = relid;
+		sync_cache_valid = false;
+	}
+	if (!sync_cache_valid)
+	{
+		MemoryContext oldcxt;
+		List	   *l;
+
+		if (sync_cache_cxt == NULL)
+			sync_cache_cxt = AllocSetContextCreate(CacheMemoryContext,
+												   "pg_cqrs sync projections",
+												   ALLOCSET_SMALL_SIZES);
+		MemoryContextReset(sync_cache_cxt);
+		sync_cache = NIL;
+
+		CqrsSPIConnect();
+		oldcxt = MemoryContextSwitchTo(sync_cache_cxt);
+		l = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'sync' AND state OPERATOR(pg_catalog.=) 'running'",
+							  NULL, CQRS_ROWS_UNLOCKED);
+		MemoryContextSwitchTo(oldcxt);
+		SPI_finish();
+		sync_cache = l;
+		sync_cache_valid = true;
+	}
+	return sync_cache;
+}
+
+
+/*
+ * The positions after a checkpoint that a projection was told to skip.
+ */
+CqrsSkipSet *
+CqrsLoadSkipSet(const char *name, int64 after)
+{
+	Oid			argtypes[2] = {TEXTOID, INT8OID};
+	Datum		values[2];
+	CqrsSkipSet    *set;
+	int			rc;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int64GetDatum(after);
+	rc = CqrsCatalogExecute("SELECT \"position\" FROM cqrs.skipped_events"
+							   " WHERE projection OPERATOR(pg_catalog.=) $1"
+							   " AND \"position\" OPERATOR(pg_catalog.>) $2 ORDER BY 1",
+							   2, argtypes, values, NULL, true);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_cqrs: reading skipped events failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		return NULL;
+	set = palloc(sizeof(CqrsSkipSet));
+	set->n = SPI_processed;
+	set->positions = palloc(set->n * sizeof(int64));
+	for (int i = 0; i < set->n; i++)
+	{
+		bool		isnull;
+
+		set->positions[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	return set;
+}
+
+
+char *
+CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *name;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("projection name must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("projection name must not be empty")));
+	return name;
+}
+

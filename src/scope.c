@@ -1,0 +1,123 @@
+/*-------------------------------------------------------------------------
+ *
+ * scope.c
+ *		Acting as another role: the catalog's owner, a projection's owner.
+ *
+ * pg_cqrs runs code as a role other than the caller's in two places only:
+ *
+ *	catalog scope	as the owner of the extension's catalog, to read and
+ *					write cqrs.projections and its neighbours with our own
+ *					schema-qualified SQL.  An application role that may
+ *					append needs no privilege on them.
+ *	owner scope		as a projection's owner, with SECURITY_RESTRICTED_OPERATION
+ *					and the projection's pinned search_path: how handlers run
+ *					and how replay and reconcile write read tables, as REFRESH
+ *					MATERIALIZED VIEW and amcheck run user code.
+ *
+ * Each scope is entered and left in pairs; an error in between is undone
+ * by the transaction (or subtransaction) abort, which restores the user id,
+ * the security context and the GUC nest level.
+ *
+ * Copyright (c) 2026, pg_cqrs developers
+ *
+ * IDENTIFICATION
+ *		src/scope.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/wait_event.h"
+#include "storage/latch.h"
+
+#include "compat.h"
+#include "pg_cqrs.h"
+
+/*
+ * The catalog is read and written as its owner (the extension's owner), not
+ * as the caller: an application role that may append must not need
+ * privileges on cqrs.projections, nor on the schemas of other roles'
+ * handlers, for the sync trigger to find and resolve them.  Only our own
+ * schema-qualified SQL runs in this scope.
+ */
+
+void
+CqrsCatalogScopeEnter(CqrsCatalogScope *scope)
+{
+	HeapTuple	tup;
+	Oid			owner;
+	Oid			relid = CqrsEventLog()->projections;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+CqrsCatalogScopeLeave(CqrsCatalogScope *scope)
+{
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
+/*
+ * CqrsOwnerScopeEnter
+ *		Act as a projection's owner, restricted, with its pinned search_path:
+ *		how handlers run, and how replay and reconcile write read tables.
+ */
+void
+CqrsOwnerScopeEnter(Oid owner, const char *search_path, CqrsOwnerScope *scope)
+{
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	SetUserIdAndSecContext(owner,
+						   scope->save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	scope->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", search_path,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+void
+CqrsOwnerScopeLeave(CqrsOwnerScope *scope)
+{
+	AtEOXact_GUC(false, scope->save_nestlevel);
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
