@@ -365,17 +365,6 @@ CqrsBucketsAdd(CqrsBuckets *into, const CqrsBuckets *from, int sign)
 }
 
 /*
- * CqrsDigestsInstalled
- *		Whether the extension's installed version keeps digests: the
- *		library may be newer than the SQL objects until ALTER EXTENSION.
- */
-bool
-CqrsDigestsInstalled(void)
-{
-	return OidIsValid(CqrsEventLog()->projection_digests);
-}
-
-/*
  * CqrsDigestBegin
  *		A projection starts applying events in this backend: count its
  *		handler's writes to the given tables.

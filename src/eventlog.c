@@ -129,6 +129,17 @@ CqrsEventLog(void)
 }
 
 /*
+ * CqrsDigestsInstalled
+ *		Whether the extension's installed version keeps digests: the
+ *		library may be newer than the SQL objects until ALTER EXTENSION.
+ */
+bool
+CqrsDigestsInstalled(void)
+{
+	return OidIsValid(CqrsEventLog()->projection_digests);
+}
+
+/*
  * CqrsOpenEventLog
  *		Open and lock cqrs.events; the cached OIDs are valid while it is held.
  *

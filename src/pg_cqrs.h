@@ -103,6 +103,7 @@ typedef struct CqrsEventLogOids
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
 extern const CqrsEventLogOids *CqrsEventLog(void);
+extern bool CqrsDigestsInstalled(void);
 extern void CqrsLockStream(const char *stream, int len);
 extern void CqrsLockEventId(const pg_uuid_t *id);
 extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
@@ -252,7 +253,6 @@ typedef void (*CqrsRowVisitor) (void *arg, Relation rel, TupleTableSlot *slot,
 extern void CqrsRowShapeInit(CqrsRowShape *shape, Relation rel);
 extern uint64 CqrsRowHash(const CqrsRowShape *shape, TupleTableSlot *slot, int *bucket);
 extern void CqrsBucketsAdd(CqrsBuckets *into, const CqrsBuckets *from, int sign);
-extern bool CqrsDigestsInstalled(void);
 extern void CqrsDigestBegin(const char *projection, int ntables, Oid *tables);
 extern void CqrsDigestEnd(bool keep);
 extern bool CqrsDigestLoad(const char *projection, Oid relid, Snapshot snapshot,
