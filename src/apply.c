@@ -47,40 +47,26 @@
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/htup_details.h"
 #include "access/relscan.h"
 #include "access/skey.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/index.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
-#include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
-#include "utils/acl.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/guc.h"
-#include "utils/inval.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
-#include "utils/syscache.h"
-#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
-#include "utils/wait_event.h"
-#include "storage/latch.h"
 
 #include "compat.h"
 #include "pg_cqrs.h"
@@ -544,6 +530,10 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 	table_close(events, NoLock);
 }
 
+/* ----------------------------------------------------------------
+ * Rebuilding, for replay and reconcile (replay.c)
+ * ----------------------------------------------------------------
+ */
 
 static void
 describe(CqrsProjection *p, CqrsRebuildTarget *t)

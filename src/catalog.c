@@ -24,41 +24,18 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
-#include "access/htup_details.h"
-#include "access/relscan.h"
-#include "access/skey.h"
-#include "access/stratnum.h"
-#include "access/table.h"
-#include "access/tableam.h"
-#include "access/xact.h"
-#include "catalog/index.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
-#include "executor/tuptable.h"
 #include "fmgr.h"
-#include "funcapi.h"
-#include "miscadmin.h"
 #include "storage/lmgr.h"
-#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
-#include "utils/guc.h"
 #include "utils/inval.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
-#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
-#include "utils/timestamp.h"
-#include "utils/tuplestore.h"
-#include "utils/wait_event.h"
-#include "storage/latch.h"
 
 #include "compat.h"
 #include "pg_cqrs.h"
@@ -116,13 +93,21 @@ CqrsLockProjectionsForAppend(void)
 		LockRelationOid(relid, RowExclusiveLock);
 }
 
-/* Tell every backend, at commit, that projection definitions changed. */
+/*
+ * CqrsProjectionsChanged
+ *		Tell every backend, at commit, that projection definitions changed.
+ */
 void
 CqrsProjectionsChanged(Oid relid)
 {
 	CacheInvalidateRelcacheByRelid(relid);
 }
 
+/*
+ * CqrsLockProjections
+ *		Lock cqrs.projections in mode and return its OID; an error where
+ *		the installed version predates projections.
+ */
 Oid
 CqrsLockProjections(LOCKMODE mode)
 {
@@ -157,7 +142,6 @@ text_array_elems(Datum d, int *n)
 	return out;
 }
 
-
 /*
  * CqrsCatalogConnect
  *		Connect to SPI and act as the catalog's owner, for the other files
@@ -177,7 +161,10 @@ CqrsCatalogDisconnect(CqrsCatalogScope *scope)
 	SPI_finish();
 }
 
-/* SPI_execute_with_args on the catalog, as its owner. */
+/*
+ * CqrsCatalogExecute
+ *		SPI_execute_with_args on the catalog, as its owner (SPI connected).
+ */
 int
 CqrsCatalogExecute(const char *sql, int nargs, Oid *argtypes, Datum *values,
 				const char *nulls, bool read_only)
@@ -315,6 +302,11 @@ CqrsProjectionsQuery(const char *where, const char *name, CqrsRowLock rowlock)
 	return result;
 }
 
+/*
+ * CqrsProjectionGet
+ *		One projection, optionally locked FOR UPDATE; an error if it does not
+ *		exist.  SPI connected; the result is in the caller's context.
+ */
 CqrsProjection *
 CqrsProjectionGet(const char *name, bool for_update)
 {
@@ -328,6 +320,11 @@ CqrsProjectionGet(const char *name, bool for_update)
 	return linitial(l);
 }
 
+/*
+ * CqrsProjectionUpdate
+ *		UPDATE a projection's row: set is the SET list, whose parameters are
+ *		$2 onwards ($1 is the name).  Also sets updated_at.
+ */
 void
 CqrsProjectionUpdate(const char *name, const char *set, int nargs, Oid *argtypes, Datum *values, const char *nulls)
 {
@@ -354,6 +351,7 @@ CqrsProjectionUpdate(const char *name, const char *set, int nargs, Oid *argtypes
 		elog(ERROR, "pg_cqrs: updating projection \"%s\" failed: %s", name, SPI_result_code_string(rc));
 }
 
+/* CqrsSPIConnect: SPI_connect, or an internal error. */
 void
 CqrsSPIConnect(void)
 {
@@ -361,7 +359,10 @@ CqrsSPIConnect(void)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
 }
 
-/* Move a projection's checkpoint. */
+/*
+ * CqrsSetCheckpoint
+ *		Move a projection's checkpoint (SPI connected).
+ */
 void
 CqrsSetCheckpoint(const char *name, int64 position)
 {
@@ -373,9 +374,10 @@ CqrsSetCheckpoint(const char *name, int64 position)
 }
 
 /*
- * The running sync projections of this database, from the cache.  The
+ * CqrsSyncProjections
+ *		The running sync projections of this database, from the cache.  The
  * caller holds a lock on cqrs.projections, so the cache reflects every
- * committed change that matters (see the file header).
+ * committed change that matters (see projection.c).
  */
 List *
 CqrsSyncProjections(Oid relid)
@@ -416,9 +418,42 @@ CqrsSyncProjections(Oid relid)
 	return sync_cache;
 }
 
+/*
+ * CqrsRunningDeferredNames
+ *		The names of the running deferred projections, sorted, allocated in
+ *		cxt: what the worker applies.  Reads as the caller, with the
+ *		transaction snapshot; the caller holds a lock on cqrs.projections.
+ */
+List *
+CqrsRunningDeferredNames(MemoryContext cxt)
+{
+	List	   *names = NIL;
+	int			rc;
+
+	CqrsSPIConnect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rc = SPI_execute("SELECT name FROM cqrs.projections"
+					 " WHERE mode OPERATOR(pg_catalog.=) 'deferred'"
+					 " AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
+					 true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_cqrs: listing projections failed: %s", SPI_result_code_string(rc));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	return names;
+}
 
 /*
- * The positions after a checkpoint that a projection was told to skip.
+ * CqrsLoadSkipSet
+ *		The positions after a checkpoint that a projection was told to skip,
+ *		sorted; NULL when none.  SPI connected.
  */
 CqrsSkipSet *
 CqrsLoadSkipSet(const char *name, int64 after)
@@ -451,7 +486,10 @@ CqrsLoadSkipSet(const char *name, int64 after)
 	return set;
 }
 
-
+/*
+ * CqrsProjectionNameArg
+ *		A projection name argument, checked: not NULL, not empty.
+ */
 char *
 CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno)
 {

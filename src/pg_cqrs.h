@@ -187,6 +187,7 @@ extern void CqrsProjectionUpdate(const char *name, const char *set, int nargs,
 								 Oid *argtypes, Datum *values, const char *nulls);
 extern void CqrsSetCheckpoint(const char *name, int64 position);
 extern List *CqrsSyncProjections(Oid relid);
+extern List *CqrsRunningDeferredNames(MemoryContext cxt);
 extern CqrsSkipSet *CqrsLoadSkipSet(const char *name, int64 after);
 extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
 

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * projection.c
- *		Projections: catalog and lifecycle, the sync trigger, applying batches.
+ *		The SQL lifecycle of projections: create, drop, pause, resume, skip,
+ *		process, wait, and where a projection has got to.
  *
  * A projection keeps read tables up to date by calling its handler, an
  * ordinary function handler(e cqrs.events) RETURNS void, once per event.
@@ -11,17 +12,12 @@
  *				append: every committed event has been applied.
  *	deferred	applied after commit, in position order, by the database's
  *				worker (worker.c) or by cqrs.process_projections(), batch by
- *				batch; each batch commits together with the projection's
- *				checkpoint (cqrs.projections.position), so every event takes
- *				effect exactly once.
+ *				batch, each batch with its checkpoint (see apply.c).
  *
- * Checkpoint.  For a deferred projection, the position up to which every
- * event has been applied (or filtered out, or skipped).  A batch never goes
- * past the safe position (horizon.c), so no event committed later can land
- * below the checkpoint.  Concurrent appliers (the worker, any number of
- * process_projections calls) serialise on the projection's catalog row,
- * locked FOR UPDATE; the second one re-reads the checkpoint the first one
- * committed.
+ * This file checks the SQL arguments, takes the locks below and calls down
+ * into catalog.c (the rows), apply.c (catching up, batches), digest.c (the
+ * read tables' digest triggers) and wakeup.c (waking appliers, waiting for
+ * progress).  Nothing of ours calls up into it.
  *
  * Locking for sync projections.  Every append takes RowExclusiveLock on
  * cqrs.projections before it takes its first position (a fast-path lock, so
@@ -31,20 +27,13 @@
  * set of applied events is exactly "every position at or below the log's
  * head", so a sync projection can start, stop and restart at an exact
  * position, and the trigger of an append that waited sees the new
- * definition.  The definitions are cached per backend and dropped on a
- * relcache invalidation of cqrs.projections, which the lifecycle functions
- * send.
+ * definition.  The definitions are cached per backend (catalog.c) and
+ * dropped on a relcache invalidation of cqrs.projections, which the
+ * lifecycle functions send.
  *
  * Security.  Handlers run as the projection's owner (its creator) with
  * SECURITY_RESTRICTED_OPERATION and the search_path that was in effect when
- * the projection was created, never as whoever appended, as REFRESH
- * MATERIALIZED VIEW and amcheck run user code.
- *
- * Failures.  A sync handler's error aborts the append, with the projection
- * named in the error context.  A deferred batch runs in a subtransaction: a
- * handler error rolls the batch back, then the projection is marked failed
- * with the position and message, in the enclosing transaction, and the
- * other projections go on.
+ * the projection was created, never as whoever appended (scope.c).
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -55,41 +44,28 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
 #include "access/htup_details.h"
-#include "access/relscan.h"
-#include "access/skey.h"
-#include "access/stratnum.h"
 #include "access/table.h"
-#include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/index.h"
-#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
-#include "executor/tuptable.h"
 #include "fmgr.h"
-#include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/guc.h"
-#include "utils/inval.h"
 #include "utils/lsyscache.h"
-#include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
-#include "utils/tuplestore.h"
 #include "utils/wait_event.h"
-#include "storage/latch.h"
 
 #include "compat.h"
 #include "pg_cqrs.h"

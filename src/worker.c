@@ -2,7 +2,7 @@
  *
  * worker.c
  *		The launcher and the per-database workers that apply deferred
- *		projections, their wake-ups, and the progress condition variable.
+ *		projections.
  *
  * With shared_preload_libraries = 'pg_cqrs' the postmaster starts one
  * "pg_cqrs launcher".  It connects to no database, reads pg_database and
@@ -15,20 +15,20 @@
  * their transaction commits.
  *
  * A worker loops: apply one batch of each running deferred projection, each
- * batch in its own transaction (projection.c), as long as batches come back
+ * batch in its own transaction (apply.c), as long as batches come back
  * full; then sleep on its latch for cqrs.naptime.  A transaction that
  * appended sets the latch of its database's worker when it commits
- * (horizon.c), so under light load an event is applied within milliseconds.
- * After each batch the worker broadcasts the progress condition variable,
- * on which cqrs.wait_for_projection sleeps.
+ * (horizon.c, through wakeup.c), so under light load an event is applied
+ * within milliseconds.  After each batch the worker broadcasts the progress
+ * condition variable, on which cqrs.wait_for_projection sleeps.
  *
  * A worker that fails outside a handler (a handler's errors are caught per
  * batch) logs the error, aborts the transaction, and goes on with the next
  * projection: one broken definition never stops the others.
  *
- * Shared state: the worker table is written under a spinlock and read
- * without it by committing appenders, for whom a stale entry only means
- * setting some other process's latch.
+ * The table of which worker serves which database, the idle exits and the
+ * launcher's wake request live in wakeup.c's shared memory.  This file
+ * calls down into apply.c, catalog.c and wakeup.c; only _PG_init calls it.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -45,8 +45,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "commands/trigger.h"
-#include "storage/lmgr.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -54,18 +52,15 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
-#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "storage/proc.h"
-#include "storage/shmem.h"
-#include "storage/spin.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
-#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "compat.h"
 #include "pg_cqrs.h"
@@ -283,28 +278,7 @@ deferred_projection_names(MemoryContext cxt, bool *installed, bool *busy)
 		!ConditionalLockRelationOid(CqrsProjectionsRelid(), AccessShareLock))
 		*busy = true;
 	else if (*installed && OidIsValid(CqrsProjectionsRelid()))
-	{
-		int			rc;
-
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "pg_cqrs: SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		rc = SPI_execute("SELECT name FROM cqrs.projections"
-						 " WHERE mode OPERATOR(pg_catalog.=) 'deferred'"
-						 " AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
-						 true, 0);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "pg_cqrs: listing projections failed: %s", SPI_result_code_string(rc));
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			MemoryContext old = MemoryContextSwitchTo(cxt);
-
-			names = lappend(names, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-			MemoryContextSwitchTo(old);
-		}
-		SPI_finish();
-		PopActiveSnapshot();
-	}
+		names = CqrsRunningDeferredNames(cxt);
 	CommitTransactionCommand();
 	return names;
 }
