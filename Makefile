@@ -25,6 +25,7 @@ OBJS = \
 	src/apply.o \
 	src/projection.o \
 	src/worker.o \
+	src/rowhash.o \
 	src/digest.o \
 	src/replay.o \
 	src/capture.o \

@@ -230,7 +230,7 @@ extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
 extern int64 CqrsRebuildApply(const char *name, int64 upto);
 extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
 
-/* digest.c */
+/* rowhash.c */
 #define CQRS_DIGEST_BUCKETS 1024
 
 /* Rows per key bucket and the sum of their image hashes, modulo 2^64. */
@@ -254,6 +254,10 @@ typedef void (*CqrsRowVisitor) (void *arg, Relation rel, TupleTableSlot *slot,
 extern void CqrsRowShapeInit(CqrsRowShape *shape, Relation rel);
 extern uint64 CqrsRowHash(const CqrsRowShape *shape, TupleTableSlot *slot, int *bucket);
 extern void CqrsBucketsAdd(CqrsBuckets *into, const CqrsBuckets *from, int sign);
+extern void CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
+							const bool *wanted, CqrsRowVisitor visit, void *arg);
+
+/* digest.c */
 extern void CqrsDigestBegin(const char *projection, int ntables, Oid *tables);
 extern void CqrsDigestEnd(bool keep);
 extern bool CqrsDigestLoad(const char *projection, Oid relid, Snapshot snapshot,
@@ -264,8 +268,6 @@ extern void CqrsDigestAttach(Oid relid);
 extern void CqrsDigestDetach(Oid relid);
 extern void CqrsDigestSuspend(Oid relid);
 extern void CqrsDigestResume(Oid relid);
-extern void CqrsScanBuckets(Oid relid, Snapshot snapshot, CqrsBuckets *into,
-							const bool *wanted, CqrsRowVisitor visit, void *arg);
 
 /* worker.c */
 extern void CqrsWorkerInit(void);
