@@ -29,6 +29,7 @@ OBJS = \
 	src/digest.o \
 	src/replay.o \
 	src/capture.o \
+	src/capture_trigger.o \
 	src/decoder.o \
 	src/outbox.o
 

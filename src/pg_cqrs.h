@@ -272,6 +272,12 @@ extern void CqrsDigestResume(Oid relid);
 /* worker.c */
 extern void CqrsWorkerInit(void);
 
+/* capture.c */
+#define CAPTURE_ROW_TRIGGER			"cqrs_capture"
+#define CAPTURE_TRUNCATE_TRIGGER	"cqrs_capture_truncate"
+
+extern bool CqrsCaptureLookup(Oid relid, char **category, char **type_prefix);
+
 /* outbox.c (the output plugin itself is decoder.c, which exports nothing) */
 #define CQRS_MESSAGE_PREFIX "pg_cqrs"
 
