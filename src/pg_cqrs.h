@@ -19,6 +19,32 @@
  *				committed and visible, or gone for good; readers that
  *				checkpoint by position never read past it (see horizon.c).
  *
+ * Layers.  Each file of src/ calls only the files listed below it, so a
+ * reader can start at the bottom and never meet a name defined higher up;
+ * "make check" enforces this (test/lib/layers.pl).  Settings are variables
+ * of pg_cqrs.c that any file may read.  The declarations below are grouped
+ * by the file defining them, bottom-up.
+ *
+ *	pg_cqrs.c			_PG_init: settings, shared-memory hooks, the launcher
+ *	worker.c			the launcher and the per-database workers' loops
+ *	replay.c			cqrs.replay, cqrs.reconcile, cqrs.verify
+ *	projection.c		the SQL lifecycle of projections, wait_for_projection
+ *	capture_trigger.c	the change-capture row trigger and its per-table cache
+ *	capture.c			cqrs.capture/uncapture and the cqrs.captures catalog
+ *	read.c				read_stream, read_all, stream_version, safe_position
+ *	decoder.c			the logical decoding output plugin
+ *	apply.c				calling handlers: sync trigger, deferred batches, rebuilds
+ *	digest.c			read-table digests: deltas, their trigger, stored digests
+ *	rowhash.c			row image hashes; a table's rows summed per key bucket
+ *	append.c			cqrs.append and cqrs.append_events
+ *	horizon.c			the safe read position: appenders' floors in shared memory
+ *	catalog.c			cqrs.projections and cqrs.skipped_events, the sync cache
+ *	scope.c				acting as the catalog's owner or as a projection's owner
+ *	outbox.c			cqrs.publish, the message format, outbox_status
+ *	eventlog.c			the log's relations: OIDs, stream locks, index probes
+ *	wakeup.c			latches and the progress condition variable
+ *	guard.c				the trigger that keeps cqrs.events append-only
+ *
  * Copyright (c) 2026, pg_cqrs developers
  *
  * IDENTIFICATION
@@ -72,21 +98,6 @@ extern void CqrsSetIdleExit(Oid dboid, bool idle);
 extern bool CqrsExitedIdle(Oid dboid);
 extern bool CqrsWorkerAttach(Oid dboid);
 
-/* horizon.c */
-extern void CqrsHorizonShmemRequest(void);
-extern void CqrsHorizonShmemStartup(void);
-extern void CqrsHorizonInit(void);
-extern bool CqrsHorizonAvailable(void);
-extern void CqrsRequireHorizon(void);
-extern void CqrsHorizonBeginAppend(Relation events);
-extern void CqrsHorizonNoteAllocated(int64 position);
-extern TransactionId CqrsHorizonHolder(int64 position);
-extern int64 CqrsSafePosition(Relation events);
-
-/* append.c */
-extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
-							 Jsonb *metadata, bool lock_stream);
-
 /* eventlog.c */
 typedef struct CqrsEventLogOids
 {
@@ -112,6 +123,28 @@ extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
 						  text **stream, int64 *version, int64 *position);
 extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
 extern char *CqrsQualifiedName(Oid relid);
+
+/* outbox.c (the output plugin itself is decoder.c, which exports nothing) */
+#define CQRS_MESSAGE_PREFIX "pg_cqrs"
+
+typedef struct CqrsPublished
+{
+	pg_uuid_t	id;
+	const char *topic;
+	int			topic_len;
+	const char *key;			/* NULL: no key */
+	int			key_len;
+	const char *payload;		/* JSON text, validated */
+	int			payload_len;
+} CqrsPublished;
+
+struct ReplicationSlot;
+extern bool CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg);
+extern void CqrsOutboxShmemRequest(void);
+extern void CqrsOutboxShmemStartup(void);
+extern void CqrsOutboxForgetSlot(const char *name);
+extern void CqrsOutboxNoteDecoded(struct ReplicationSlot *slot, int *cache,
+								  XLogRecPtr end_lsn, int64 position);
 
 /* scope.c */
 /* SPI connected, running as the owner of the extension's catalog */
@@ -191,44 +224,20 @@ extern List *CqrsRunningDeferredNames(MemoryContext cxt);
 extern CqrsSkipSet *CqrsLoadSkipSet(const char *name, int64 after);
 extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
 
-/* apply.c */
-typedef struct CqrsBatchResult
-{
-	char		state;			/* the projection's state afterwards, or 'b'
-								 * (busy) when nowait found it locked */
-	bool		failed;			/* a handler failed in this batch */
-	int64		examined;		/* events read from the log */
-	int64		applied;		/* events handed to the handler and kept */
-	int64		position;		/* checkpoint afterwards */
-	int64		safe;			/* the safe position the batch stopped at */
-} CqrsBatchResult;
+/* horizon.c */
+extern void CqrsHorizonShmemRequest(void);
+extern void CqrsHorizonShmemStartup(void);
+extern void CqrsHorizonInit(void);
+extern bool CqrsHorizonAvailable(void);
+extern void CqrsRequireHorizon(void);
+extern void CqrsHorizonBeginAppend(Relation events);
+extern void CqrsHorizonNoteAllocated(int64 position);
+extern TransactionId CqrsHorizonHolder(int64 position);
+extern int64 CqrsSafePosition(Relation events);
 
-/* What replay and reconcile need to know about a projection. */
-typedef struct CqrsRebuildTarget
-{
-	char	   *name;
-	bool		sync;
-	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
-	int64		position;		/* its checkpoint (a running sync: the head) */
-	Oid			owner;
-	char	   *search_path;
-	int			ntables;
-	Oid		   *tables;
-	bool		digest;			/* keeps digests of its tables */
-} CqrsRebuildTarget;
-
-struct Tuplestorestate;
-extern int64 CqrsApplyEvents(CqrsProjection *p, struct Tuplestorestate *events, TupleDesc desc,
-							 CqrsSkipSet *skip, int64 stop_before);
-extern int64 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
-							   struct Tuplestorestate *store, int64 *last);
-extern int64 CqrsSyncCatchUp(CqrsProjection *p);
-extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
-						   CqrsBatchResult *result);
-extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
-extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
-extern int64 CqrsRebuildApply(const char *name, int64 upto);
-extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
+/* append.c */
+extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
+							 Jsonb *metadata, bool lock_stream);
 
 /* rowhash.c */
 #define CQRS_DIGEST_BUCKETS 1024
@@ -269,8 +278,44 @@ extern void CqrsDigestDetach(Oid relid);
 extern void CqrsDigestSuspend(Oid relid);
 extern void CqrsDigestResume(Oid relid);
 
-/* worker.c */
-extern void CqrsWorkerInit(void);
+/* apply.c */
+typedef struct CqrsBatchResult
+{
+	char		state;			/* the projection's state afterwards, or 'b'
+								 * (busy) when nowait found it locked */
+	bool		failed;			/* a handler failed in this batch */
+	int64		examined;		/* events read from the log */
+	int64		applied;		/* events handed to the handler and kept */
+	int64		position;		/* checkpoint afterwards */
+	int64		safe;			/* the safe position the batch stopped at */
+} CqrsBatchResult;
+
+/* What replay and reconcile need to know about a projection. */
+typedef struct CqrsRebuildTarget
+{
+	char	   *name;
+	bool		sync;
+	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
+	int64		position;		/* its checkpoint (a running sync: the head) */
+	Oid			owner;
+	char	   *search_path;
+	int			ntables;
+	Oid		   *tables;
+	bool		digest;			/* keeps digests of its tables */
+} CqrsRebuildTarget;
+
+struct Tuplestorestate;
+extern int64 CqrsApplyEvents(CqrsProjection *p, struct Tuplestorestate *events, TupleDesc desc,
+							 CqrsSkipSet *skip, int64 stop_before);
+extern int64 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
+							   struct Tuplestorestate *store, int64 *last);
+extern int64 CqrsSyncCatchUp(CqrsProjection *p);
+extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
+						   CqrsBatchResult *result);
+extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
+extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
+extern int64 CqrsRebuildApply(const char *name, int64 upto);
+extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
 
 /* capture.c */
 #define CAPTURE_ROW_TRIGGER			"cqrs_capture"
@@ -278,26 +323,7 @@ extern void CqrsWorkerInit(void);
 
 extern bool CqrsCaptureLookup(Oid relid, char **category, char **type_prefix);
 
-/* outbox.c (the output plugin itself is decoder.c, which exports nothing) */
-#define CQRS_MESSAGE_PREFIX "pg_cqrs"
-
-typedef struct CqrsPublished
-{
-	pg_uuid_t	id;
-	const char *topic;
-	int			topic_len;
-	const char *key;			/* NULL: no key */
-	int			key_len;
-	const char *payload;		/* JSON text, validated */
-	int			payload_len;
-} CqrsPublished;
-
-struct ReplicationSlot;
-extern bool CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg);
-extern void CqrsOutboxShmemRequest(void);
-extern void CqrsOutboxShmemStartup(void);
-extern void CqrsOutboxForgetSlot(const char *name);
-extern void CqrsOutboxNoteDecoded(struct ReplicationSlot *slot, int *cache,
-								  XLogRecPtr end_lsn, int64 position);
+/* worker.c */
+extern void CqrsWorkerInit(void);
 
 #endif							/* PG_CQRS_H */

@@ -5,6 +5,8 @@
 # starts ONE throwaway cluster (test/lib/cluster.sh) and runs every suite
 # against it:
 #
+#   layers         test/lib/layers.pl on src/, before any cluster: every call
+#                  goes down the layer map in src/pg_cqrs.h.
 #   pg_regress     sql/*.sql except the install/upgrade scripts pg_cqrs--*.sql,
 #                  in alphabetical order, or in the order of
 #                  test/regress_schedule when that file exists, all in one
@@ -36,7 +38,7 @@
 # is always "N passed, M failed"; the exit status is 0 only when M is 0.
 #
 # Environment: CQRS_KEEP=1 keeps the work directory (and the cluster's data)
-# for inspection; CQRS_SUITES="regress isolation pgtap tap" (the default)
+# for inspection; CQRS_SUITES="layers regress isolation pgtap tap" (the default)
 # runs only the suites named; PG_TEST_TIMEOUT_DEFAULT (default 60 here)
 # bounds each wait in the TAP tests.
 
@@ -45,7 +47,7 @@ set -uo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$TOP" || exit 1
 
-CQRS_SUITES=${CQRS_SUITES:-regress isolation pgtap tap}
+CQRS_SUITES=${CQRS_SUITES:-layers regress isolation pgtap tap}
 export PG_TEST_TIMEOUT_DEFAULT=${PG_TEST_TIMEOUT_DEFAULT:-60}
 want() { case " $CQRS_SUITES " in *" $1 "*) return 0 ;; esac; echo "(suite $1 not selected by CQRS_SUITES)"; return 1; }
 
@@ -97,6 +99,18 @@ fi
 if ! (cqrs_build_install); then
 	fail "build" "make or make install failed, see above"
 	finish
+fi
+
+# The layers of src/ (no cluster needed): calls go down the map in
+# src/pg_cqrs.h, and no file is over the size limit without saying why.
+echo "== layers"
+if want layers; then
+	if layers_out=$(perl test/lib/layers.pl src 2>&1); then
+		pass "layers/src"
+	else
+		fail "layers/src"
+		echo "$layers_out"
+	fi
 fi
 
 PGC=$(cqrs_pg_config)
