@@ -202,7 +202,7 @@ skipset_contains(CqrsSkipSet *set, int64 position)
  */
 int64
 CqrsApplyEvents(CqrsProjection *p, Tuplestorestate *events, TupleDesc desc,
-				 CqrsSkipSet *skip, int64 stop_before)
+				CqrsSkipSet *skip, int64 stop_before)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	MemoryContext tmpcxt = AllocSetContextCreate(CurrentMemoryContext,
@@ -270,7 +270,7 @@ CqrsApplyEvents(CqrsProjection *p, Tuplestorestate *events, TupleDesc desc,
  */
 int64
 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
-			   Tuplestorestate *store, int64 *last)
+				  Tuplestorestate *store, int64 *last)
 {
 	Relation	index = index_open(CqrsEventLog()->position_idx, AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -332,7 +332,7 @@ cqrs_apply_sync_projections(PG_FUNCTION_ARGS)
 	projections = CqrsSyncProjections(relid);
 	foreach(lc, projections)
 		CqrsApplyEvents((CqrsProjection *) lfirst(lc), trigdata->tg_newtable,
-						 RelationGetDescr(trigdata->tg_relation), NULL, PG_INT64_MAX);
+						RelationGetDescr(trigdata->tg_relation), NULL, PG_INT64_MAX);
 
 	return PointerGetDatum(NULL);
 }
@@ -472,7 +472,7 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 	else
 		(void) CqrsLockProjections(RowExclusiveLock);
 	l = CqrsProjectionsQuery("true", name,
-						  nowait ? CQRS_ROWS_FOR_UPDATE_SKIP_LOCKED : CQRS_ROWS_FOR_UPDATE);
+							 nowait ? CQRS_ROWS_FOR_UPDATE_SKIP_LOCKED : CQRS_ROWS_FOR_UPDATE);
 	if (l == NIL)
 	{
 		/* dropped since the caller listed it, or (nowait) being applied */
@@ -522,7 +522,7 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 		values[1] = Int64GetDatum(fail_position);
 		values[2] = CStringGetTextDatum(fail_message);
 		CqrsProjectionUpdate(name, "state = 'failed', \"position\" = $2, error_position = $3, last_error = $4",
-						  3, types, values, NULL);
+							 3, types, values, NULL);
 		result->state = 'f';
 		result->position = before;
 	}
@@ -662,9 +662,9 @@ CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position)
 	CqrsSPIConnect();
 	values[0] = Int64GetDatum(position);
 	CqrsProjectionUpdate(target->name,
-					  "\"position\" = $2, state = CASE state WHEN 'failed' THEN 'running' ELSE state END,"
-					  " last_error = NULL, error_position = NULL",
-					  1, types, values, NULL);
+						 "\"position\" = $2, state = CASE state WHEN 'failed' THEN 'running' ELSE state END,"
+						 " last_error = NULL, error_position = NULL",
+						 1, types, values, NULL);
 	SPI_finish();
 	if (!target->sync)
 		CqrsWakeAppliers();

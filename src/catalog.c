@@ -167,7 +167,7 @@ CqrsCatalogDisconnect(CqrsCatalogScope *scope)
  */
 int
 CqrsCatalogExecute(const char *sql, int nargs, Oid *argtypes, Datum *values,
-				const char *nulls, bool read_only)
+				   const char *nulls, bool read_only)
 {
 	CqrsCatalogScope scope;
 	int			rc;
@@ -311,7 +311,7 @@ CqrsProjection *
 CqrsProjectionGet(const char *name, bool for_update)
 {
 	List	   *l = CqrsProjectionsQuery("true", name,
-									  for_update ? CQRS_ROWS_FOR_UPDATE : CQRS_ROWS_UNLOCKED);
+										 for_update ? CQRS_ROWS_FOR_UPDATE : CQRS_ROWS_UNLOCKED);
 
 	if (l == NIL)
 		ereport(ERROR,
@@ -409,7 +409,7 @@ CqrsSyncProjections(Oid relid)
 		CqrsSPIConnect();
 		oldcxt = MemoryContextSwitchTo(sync_cache_cxt);
 		l = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'sync' AND state OPERATOR(pg_catalog.=) 'running'",
-							  NULL, CQRS_ROWS_UNLOCKED);
+								 NULL, CQRS_ROWS_UNLOCKED);
 		MemoryContextSwitchTo(oldcxt);
 		SPI_finish();
 		sync_cache = l;
@@ -466,9 +466,9 @@ CqrsLoadSkipSet(const char *name, int64 after)
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int64GetDatum(after);
 	rc = CqrsCatalogExecute("SELECT \"position\" FROM cqrs.skipped_events"
-							   " WHERE projection OPERATOR(pg_catalog.=) $1"
-							   " AND \"position\" OPERATOR(pg_catalog.>) $2 ORDER BY 1",
-							   2, argtypes, values, NULL, true);
+							" WHERE projection OPERATOR(pg_catalog.=) $1"
+							" AND \"position\" OPERATOR(pg_catalog.>) $2 ORDER BY 1",
+							2, argtypes, values, NULL, true);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_cqrs: reading skipped events failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)

@@ -183,9 +183,9 @@ check_tables_unowned(const char *name, ArrayType *tables)
 	values[0] = CStringGetTextDatum(name);
 	values[1] = PointerGetDatum(tables);
 	rc = CqrsCatalogExecute("SELECT name, t::pg_catalog.text FROM cqrs.projections, pg_catalog.unnest(tables) t"
-						 " WHERE name OPERATOR(pg_catalog.<>) $1 AND t OPERATOR(pg_catalog.=) ANY ($2)"
-						 " ORDER BY 1, 2 LIMIT 1",
-						 2, argtypes, values, NULL, true);
+							" WHERE name OPERATOR(pg_catalog.<>) $1 AND t OPERATOR(pg_catalog.=) ANY ($2)"
+							" ORDER BY 1, 2 LIMIT 1",
+							2, argtypes, values, NULL, true);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_cqrs: reading cqrs.projections failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed > 0)
@@ -275,14 +275,14 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	values[8] = BoolGetDatum(digest);
 	if (CqrsDigestsInstalled())
 		rc = CqrsCatalogExecute("INSERT INTO cqrs.projections"
-							 " (name, handler, owner, mode, tables, categories, types, search_path, digest)"
-							 " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8, $9)",
-							 9, argtypes, values, nulls, false);
+								" (name, handler, owner, mode, tables, categories, types, search_path, digest)"
+								" VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8, $9)",
+								9, argtypes, values, nulls, false);
 	else
 		rc = CqrsCatalogExecute("INSERT INTO cqrs.projections"
-							 " (name, handler, owner, mode, tables, categories, types, search_path)"
-							 " VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8)",
-							 8, argtypes, values, nulls, false);
+								" (name, handler, owner, mode, tables, categories, types, search_path)"
+								" VALUES ($1, $2, $3::pg_catalog.regrole, $4, $5, $6, $7, $8)",
+								8, argtypes, values, nulls, false);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "pg_cqrs: inserting projection failed: %s", SPI_result_code_string(rc));
 
@@ -325,8 +325,8 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 	CqrsSPIConnect();
 	values[0] = CStringGetTextDatum(name);
 	rc = CqrsCatalogExecute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1"
-						 " RETURNING tables::pg_catalog.oid[]",
-						 1, argtypes, values, NULL, false);
+							" RETURNING tables::pg_catalog.oid[]",
+							1, argtypes, values, NULL, false);
 	if (rc != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "pg_cqrs: deleting projection failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed == 0)
@@ -341,7 +341,7 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 	if (CqrsDigestsInstalled())
 	{
 		rc = CqrsCatalogExecute("DELETE FROM cqrs.projection_digests WHERE projection OPERATOR(pg_catalog.=) $1",
-							 1, argtypes, values, NULL, false);
+								1, argtypes, values, NULL, false);
 		if (rc != SPI_OK_DELETE)
 			elog(ERROR, "pg_cqrs: deleting digests failed: %s", SPI_result_code_string(rc));
 	}
@@ -404,7 +404,7 @@ cqrs_resume_projection(PG_FUNCTION_ARGS)
 	if (p->state != 'r')
 	{
 		CqrsProjectionUpdate(name, "state = 'running', last_error = NULL, error_position = NULL",
-						  0, NULL, NULL, NULL);
+							 0, NULL, NULL, NULL);
 		if (p->sync)
 			CqrsSetCheckpoint(name, CqrsSyncCatchUp(p));
 		else
@@ -455,9 +455,9 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int64GetDatum(position);
 	rc = CqrsCatalogExecute("SELECT 1 FROM cqrs.projections"
-							   " WHERE name OPERATOR(pg_catalog.=) $1"
-							   " AND error_position OPERATOR(pg_catalog.=) $2",
-							   2, argtypes, values, NULL, false);
+							" WHERE name OPERATOR(pg_catalog.=) $1"
+							" AND error_position OPERATOR(pg_catalog.=) $2",
+							2, argtypes, values, NULL, false);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -465,9 +465,9 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 				 errhint("See error_position in cqrs.projection_status.")));
 
 	rc = CqrsCatalogExecute("INSERT INTO cqrs.skipped_events (projection, \"position\", error)"
-							   " SELECT name, error_position, last_error FROM cqrs.projections"
-							   " WHERE name OPERATOR(pg_catalog.=) $1",
-							   1, argtypes, values, NULL, false);
+							" SELECT name, error_position, last_error FROM cqrs.projections"
+							" WHERE name OPERATOR(pg_catalog.=) $1",
+							1, argtypes, values, NULL, false);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "pg_cqrs: recording skipped event failed: %s", SPI_result_code_string(rc));
 	/*
@@ -475,9 +475,9 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 	 * it does when it sits just before the event, to keep status exact.
 	 */
 	CqrsProjectionUpdate(name, "state = 'running', last_error = NULL, error_position = NULL,"
-					  " \"position\" = CASE WHEN \"position\" OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 1)"
-					  " THEN $2 ELSE \"position\" END",
-					  1, &argtypes[1], &values[1], NULL);
+						 " \"position\" = CASE WHEN \"position\" OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 1)"
+						 " THEN $2 ELSE \"position\" END",
+						 1, &argtypes[1], &values[1], NULL);
 	SPI_finish();
 	CqrsProjectionsChanged(relid);
 	CqrsWakeAppliers();
@@ -522,7 +522,7 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 
 	CqrsSPIConnect();
 	projections = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
-									only, CQRS_ROWS_UNLOCKED);
+									   only, CQRS_ROWS_UNLOCKED);
 	if (only != NULL && projections == NIL)
 		(void) CqrsProjectionGet(only, false); /* error if it does not exist */
 
