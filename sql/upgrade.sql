@@ -1,7 +1,7 @@
 --
--- upgrade.sql: from 0.1.0 (the event log) to 0.2.0 (projections) and
--- 0.3.0 (replay, capture, outbox) with events in the log; an updated
--- installation is a fresh one
+-- upgrade.sql: from 0.1.0 (the event log) to 0.2.0 (projections),
+-- 0.3.0 (replay, capture, outbox) and 0.4.0 (the privilege model) with
+-- events in the log; an updated installation is a fresh one
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
@@ -115,6 +115,16 @@ SELECT position AS last FROM cqrs.append('order-3', 'OrderPaid', '{}') \gset
 SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
 SELECT * FROM cqrs.verify('order_totals');
 SELECT table_name, rows, matches FROM cqrs.verify('all_events');
+
+--
+-- on to 0.4.0 (the privilege model); the projections keep working
+--
+ALTER EXTENSION pg_cqrs UPDATE TO '0.4.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
+SELECT position AS last FROM cqrs.append('order-3', 'OrderShipped', '{}') \gset
+SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
+SELECT * FROM order_totals ORDER BY stream;
+SELECT * FROM cqrs.verify('order_totals');
 
 --
 -- the updated extension has exactly the objects, and the same definitions,
