@@ -81,6 +81,7 @@
 extern int	cqrs_max_event_size;
 extern int	cqrs_batch_size;
 extern int	cqrs_naptime;
+extern int	cqrs_handler_timeout;
 
 /* wakeup.c */
 extern void CqrsWakeupShmemRequest(void);
@@ -147,11 +148,15 @@ extern void CqrsOutboxNoteDecoded(struct ReplicationSlot *slot, int *cache,
 								  XLogRecPtr end_lsn, int64 position);
 
 /* scope.c */
+/* The search_path of every statement pg_cqrs builds (scope.c). */
+#define CQRS_INTERNAL_SEARCH_PATH "pg_catalog, pg_temp"
+
 /* SPI connected, running as the owner of the extension's catalog */
 typedef struct CqrsCatalogScope
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			save_nestlevel;
 } CqrsCatalogScope;
 
 /* running as a projection's owner, as its handler does */
@@ -186,6 +191,7 @@ typedef struct CqrsProjection
 	int			ntables;
 	Oid		   *tables;			/* the read tables it owns */
 	bool		digest;			/* keeps digests of its tables (digest.c) */
+	char	   *broken;			/* why it cannot run, or NULL */
 	FmgrInfo	flinfo;
 } CqrsProjection;
 
@@ -222,6 +228,10 @@ extern void CqrsSetCheckpoint(const char *name, int64 position);
 extern List *CqrsSyncProjections(Oid relid);
 extern List *CqrsRunningDeferredNames(MemoryContext cxt);
 extern CqrsSkipSet *CqrsLoadSkipSet(const char *name, int64 after);
+extern Oid	CqrsProjectionOwner(const char *name);
+extern void CqrsCheckProjectionOwner(const char *name, Oid owner);
+extern void CqrsRequireProjectionOwner(const char *name);
+extern void CqrsCheckProjectionStatusAccess(const CqrsProjection *p);
 extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
 
 /* horizon.c */

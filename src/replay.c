@@ -16,7 +16,7 @@
  * No TRUNCATE, no ACCESS EXCLUSIVE lock: replay empties the tables with
  * DELETE, so readers keep seeing the old rows until it commits and are
  * never blocked.  What writers wait for is set by CqrsRebuildLock
- * (projection.c): the appends, for a sync projection (they would apply
+ * (apply.c): the appends, for a sync projection (they would apply
  * events to half-rebuilt tables); the worker and process_projections, for a
  * deferred one.
  *
@@ -29,6 +29,16 @@
  * Without repair, the locks are taken in an outer subtransaction too, and
  * released before returning; with repair they are held to commit, so that
  * nothing changes between comparing and repairing.
+ *
+ * Security.  Only members of the projection's owner role may run these
+ * (CqrsRebuildLock checks, before it locks anything).  The statements that
+ * empty and repair tables run as the owner with CQRS_INTERNAL_SEARCH_PATH,
+ * naming tables, functions and casts with their schema, and comparing keys
+ * with the key columns' own equality operators, named with theirs.
+ *
+ * Size.  The three functions share the target's locking, the replay into a
+ * rolled-back subtransaction and the bucket comparison; apart, they would
+ * export most of their internals to each other.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -43,8 +53,11 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/stratnum.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "catalog/index.h"
+#include "catalog/pg_operator.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -54,10 +67,12 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "compat.h"
 #include "pg_cqrs.h"
@@ -132,7 +147,7 @@ empty_tables(const CqrsRebuildTarget *t)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
-	CqrsOwnerScopeEnter(t->owner, t->search_path, &scope);
+	CqrsOwnerScopeEnter(t->owner, CQRS_INTERNAL_SEARCH_PATH, &scope);
 	for (int i = 0; i < t->ntables; i++)
 	{
 		char	   *sql = psprintf("DELETE FROM %s", CqrsQualifiedName(t->tables[i]));
@@ -380,10 +395,63 @@ prepare_repair(const char *sql)
 }
 
 /*
+ * "t.k1 = r.k1 AND ..." over the table's primary key, each "=" being the
+ * equality operator of the key column's operator class, written with its
+ * schema, as the foreign-key triggers do (ri_triggers.c).  An unqualified
+ * "=" would be looked up on the search_path: an operator someone created
+ * for a column's exact type in a schema on it would run as the owner.
+ */
+static char *
+qualified_operator(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Form_pg_operator op;
+	char	   *result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("%s.%s", quote_identifier(get_namespace_name(op->oprnamespace)),
+					  NameStr(op->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+static char *
+key_condition(Relation rel)
+{
+	Relation	index = index_open(CqrsRelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData cond;
+
+	initStringInfo(&cond);
+	for (int k = 0; k < IndexRelationGetNumberOfKeyAttributes(index); k++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, index->rd_index->indkey.values[k] - 1);
+		Oid			opcintype = index->rd_opcintype[k];
+		Oid			eq = get_opfamily_member(index->rd_opfamily[k], opcintype, opcintype,
+											 BTEqualStrategyNumber);
+		const char *col = quote_identifier(NameStr(att->attname));
+		char	   *cast = "";
+
+		if (!OidIsValid(eq))
+			elog(ERROR, "pg_cqrs: no equality operator in operator family %u", index->rd_opfamily[k]);
+		/* a column of another type than the operator's (varchar, a domain) */
+		if (att->atttypid != opcintype && !IsPolymorphicType(opcintype))
+			cast = psprintf("::%s", format_type_be_qualified(opcintype));
+		appendStringInfo(&cond, "%st.%s%s OPERATOR(%s) r.%s%s",
+						 k ? " AND " : "", col, cast, qualified_operator(eq), col, cast);
+	}
+	index_close(index, AccessShareLock);
+	return cond.data;
+}
+
+/*
  * The rows are given as JSON, read back with jsonb_populate_record into
  * the table's row type: every type round-trips through its text form.
  * Generated columns are left to the table; identity columns are written
- * as they were (OVERRIDING SYSTEM VALUE) and not updated.
+ * as they were (OVERRIDING SYSTEM VALUE) and not updated.  The statements
+ * run with CQRS_INTERNAL_SEARCH_PATH and name everything with its schema.
  */
 static void
 repair_plans(Oid relid, RepairPlans *plans)
@@ -392,18 +460,14 @@ repair_plans(Oid relid, RepairPlans *plans)
 	TupleDesc	desc = RelationGetDescr(rel);
 	char	   *qname = CqrsQualifiedName(relid);
 	char	   *record = psprintf("pg_catalog.jsonb_populate_record(NULL::%s, $1)", qname);
+	char	   *cond = key_condition(rel);
 	CqrsRowShape shape;
-	StringInfoData keys,
-				cols,
+	StringInfoData cols,
 				sets;
 
 	CqrsRowShapeInit(&shape, rel);
-	initStringInfo(&keys);
 	initStringInfo(&cols);
 	initStringInfo(&sets);
-	for (int k = 0; k < shape.nkeys; k++)
-		appendStringInfo(&keys, "%s%s", k ? ", " : "",
-						 quote_identifier(NameStr(TupleDescAttr(desc, shape.keys[k] - 1)->attname)));
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -420,14 +484,13 @@ repair_plans(Oid relid, RepairPlans *plans)
 	}
 	table_close(rel, NoLock);
 
-	plans->delete = prepare_repair(psprintf("DELETE FROM %s WHERE (%s) = (SELECT %s FROM %s)",
-											qname, keys.data, keys.data, record));
+	plans->delete = prepare_repair(psprintf("DELETE FROM %s t USING %s r WHERE %s",
+											qname, record, cond));
 	plans->insert = prepare_repair(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s",
 											qname, cols.data, cols.data, record));
 	plans->update = sets.len == 0 ? NULL :
-		prepare_repair(psprintf("UPDATE %s SET (%s) = (SELECT %s FROM %s) WHERE (%s) = (SELECT %s FROM %s)",
-								qname, sets.data, sets.data, record,
-								keys.data, keys.data, record));
+		prepare_repair(psprintf("UPDATE %s t SET (%s) = (SELECT %s FROM %s) FROM %s r WHERE %s",
+								qname, sets.data, sets.data, record, record, cond));
 }
 
 static void
@@ -456,7 +519,7 @@ repair(const CqrsRebuildTarget *t, List *drift)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
-	CqrsOwnerScopeEnter(t->owner, t->search_path, &scope);
+	CqrsOwnerScopeEnter(t->owner, CQRS_INTERNAL_SEARCH_PATH, &scope);
 	for (int pass = 0; pass < 3; pass++)
 		foreach(lc, drift)
 		{

@@ -14,6 +14,13 @@
  *					and how replay and reconcile write read tables, as REFRESH
  *					MATERIALIZED VIEW and amcheck run user code.
  *
+ * Search path.  Our own SQL runs with search_path = pg_catalog, pg_temp
+ * (CQRS_INTERNAL_SEARCH_PATH) and names everything it uses with its
+ * schema, operators included, so no object a role creates in a schema on
+ * somebody's path can stand in for ours: the catalog scope always sets it,
+ * and so does the owner scope when replay and reconcile write read tables.
+ * Only a handler runs with its owner's pinned search_path.
+ *
  * Each scope is entered and left in pairs; an error in between is undone
  * by the transaction (or subtransaction) abort, which restores the user id,
  * the security context and the GUC nest level.
@@ -59,18 +66,24 @@ CqrsCatalogScopeEnter(CqrsCatalogScope *scope)
 
 	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
 	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	scope->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", CQRS_INTERNAL_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 void
 CqrsCatalogScopeLeave(CqrsCatalogScope *scope)
 {
+	AtEOXact_GUC(false, scope->save_nestlevel);
 	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
 }
 
 /*
  * CqrsOwnerScopeEnter
- *		Act as a projection's owner, restricted, with its pinned search_path:
- *		how handlers run, and how replay and reconcile write read tables.
+ *		Act as a projection's owner, restricted, with the given search_path:
+ *		the owner's pinned one for its handler, CQRS_INTERNAL_SEARCH_PATH for
+ *		the SQL replay and reconcile run on read tables.
  */
 void
 CqrsOwnerScopeEnter(Oid owner, const char *search_path, CqrsOwnerScope *scope)
