@@ -210,14 +210,17 @@ ROLLBACK;
 SELECT name, state FROM cqrs.projections;
 
 --
--- a dropped handler is reported by the next append as a missing handler,
--- and a handler re-created with the same signature is picked up again,
--- also by a session that had already used the old one
+-- a handler in use cannot be dropped; one renamed away is reported by the
+-- next append as a missing handler, and picked up again when it is back --
+-- with the body its owner gives it, also by a session that had already
+-- used the old one
 --
 SELECT position FROM cqrs.append('order-3', 'OrderPlaced', '{}');
-DROP FUNCTION seen_handler(cqrs.events);
+SELECT try($$DROP FUNCTION seen_handler(cqrs.events)$$);
+ALTER FUNCTION seen_handler(cqrs.events) RENAME TO seen_handler_away;
 SELECT try($$SELECT cqrs.append('order-3', 'OrderPaid', '{}')$$);
-CREATE FUNCTION seen_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
+ALTER FUNCTION seen_handler_away(cqrs.events) RENAME TO seen_handler;
+CREATE OR REPLACE FUNCTION seen_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
     INSERT INTO seen (position, stream) VALUES (e.position, e.stream || ' (new)')
     ON CONFLICT (position) DO UPDATE SET n = seen.n + 1
 $$;

@@ -65,7 +65,11 @@ SET search_path = regress_appender_s, public;
 SELECT version FROM cqrs.append('acct-1', 'Opened', '{}');
 SELECT version, position AS pos FROM cqrs.append_events('acct-1', '[{"type": "Deposited", "data": {}}]') \gset
 \echo :version
--- and can wait for its write to be applied (read-your-writes), as any role
+-- and can wait for its write to be applied (read-your-writes), as a role
+-- that may read the read model may (0.4.0: not every role)
+RESET ROLE;
+GRANT SELECT ON regress_owner_s.seen TO regress_cqrs_appender;
+SET ROLE regress_cqrs_appender;
 SELECT cqrs.wait_for_projection('owned', :pos, '0') AS applied;
 -- the handler did not change the appender's session
 SELECT current_user, current_setting('search_path') AS search_path;

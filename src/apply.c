@@ -66,6 +66,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/tuplestore.h"
 
 #include "compat.h"
@@ -156,19 +157,94 @@ projection_wants(CqrsProjection *p, TupleTableSlot *slot)
 static int64 attempted_position = 0;
 
 /*
- * Call the handler on the event in slot.  The caller is in the owner scope
- * and resets tmpcxt between events.
+ * The handler time limit (cqrs.handler_timeout).  One handler call may take
+ * that long; past it the call is cancelled as statement_timeout cancels a
+ * statement, and the error names the projection: a sync append fails, a
+ * deferred batch fails its projection at that event and the other
+ * projections go on.  A handler that appends runs other projections'
+ * handlers inside its own call: the outermost call's limit covers them, so
+ * the timer is armed once, at depth zero.  Arming for each event costs no
+ * system call: timeout.c leaves the pending timer alone when it is due
+ * sooner than the new deadline.
+ */
+static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t handler_timed_out = false;
+static int	handler_depth = 0;
+
+static void
+handler_timeout_handler(void)
+{
+	handler_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+static void
+handler_timeout_error(CqrsProjection *p)
+{
+	handler_timed_out = false;
+	QueryCancelPending = false;
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("handler of projection \"%s\" ran longer than cqrs.handler_timeout (%d ms)",
+					p->name, cqrs_handler_timeout),
+			 errhint("Make the handler faster, or raise cqrs.handler_timeout.")));
+}
+
+/*
+ * Call the handler on the event in slot, within the time limit.  The caller
+ * is in the owner scope and resets tmpcxt between events.
  */
 static void
 call_handler(CqrsProjection *p, TupleTableSlot *slot, ApplyContext *actx)
 {
 	LOCAL_FCINFO(fcinfo, 1);
+	MemoryContext cxt = CurrentMemoryContext;
+	bool		timed = handler_depth == 0 && cqrs_handler_timeout > 0;
 
 	actx->position = attempted_position;
 	InitFunctionCallInfoData(*fcinfo, &p->flinfo, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = ExecFetchSlotHeapTupleDatum(slot);
 	fcinfo->args[0].isnull = false;
-	(void) FunctionCallInvoke(fcinfo);
+
+	if (timed)
+	{
+		if (handler_timeout_id == MAX_TIMEOUTS)
+			handler_timeout_id = RegisterTimeout(USER_TIMEOUT, handler_timeout_handler);
+		handler_timed_out = false;
+		enable_timeout_after(handler_timeout_id, cqrs_handler_timeout);
+	}
+	handler_depth++;
+	PG_TRY();
+	{
+		(void) FunctionCallInvoke(fcinfo);
+	}
+	PG_CATCH();
+	{
+		handler_depth--;
+		if (timed)
+		{
+			disable_timeout(handler_timeout_id, false);
+			if (handler_timed_out)
+			{
+				/* our cancel, not the user's: say what happened */
+				MemoryContextSwitchTo(cxt);
+				FlushErrorState();
+				handler_timeout_error(p);
+			}
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	handler_depth--;
+	if (timed)
+	{
+		disable_timeout(handler_timeout_id, false);
+		/* it fired after the handler's last interrupt check */
+		if (handler_timed_out)
+			handler_timeout_error(p);
+	}
 }
 
 /* A sorted set of positions a projection was told to skip. */
@@ -240,6 +316,12 @@ CqrsApplyEvents(CqrsProjection *p, Tuplestorestate *events, TupleDesc desc,
 			break;
 		if (!projection_wants(p, slot) || skipset_contains(skip, attempted_position))
 			continue;
+		actx.position = attempted_position;
+		if (p->broken != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("%s", p->broken),
+					 errhint("Give it back what it needs, or drop the projection.")));
 		if (!OidIsValid(p->handler))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
@@ -553,7 +635,8 @@ describe(CqrsProjection *p, CqrsRebuildTarget *t)
 
 /*
  * CqrsRebuildDescribe
- *		A projection as last committed, without locking anything.
+ *		A projection as last committed, without locking anything; for its
+ *		owner only.
  */
 void
 CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target)
@@ -561,6 +644,7 @@ CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target)
 	MemoryContext callercxt = CurrentMemoryContext;
 	CqrsProjection *p;
 
+	CqrsRequireProjectionOwner(name);
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, false);
 	MemoryContextSwitchTo(callercxt);
@@ -571,7 +655,7 @@ CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target)
 /*
  * CqrsRebuildLock
  *		Hold a projection still while its tables are rebuilt or compared,
- *		and describe it.
+ *		and describe it; for its owner only, checked before any lock.
  *
  * A sync projection: ShareLock on cqrs.projections, as for pause, so no
  * append holds or takes a position until the caller's (sub)transaction
@@ -588,6 +672,7 @@ CqrsRebuildLock(const char *name, CqrsRebuildTarget *target)
 	CqrsProjection *p;
 	bool		sync;
 
+	CqrsRequireProjectionOwner(name);
 	CqrsSPIConnect();
 	sync = CqrsProjectionGet(name, false)->sync;
 	(void) CqrsLockProjections(sync ? ShareLock : RowExclusiveLock);

@@ -24,14 +24,20 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
@@ -47,6 +53,7 @@ static bool sync_cache_valid = false;
 static MemoryContext sync_cache_cxt = NULL;
 static bool projections_callback_registered = false;
 static Oid	projections_relid = InvalidOid;
+static List *sync_cache_tables = NIL;	/* their read tables' OIDs */
 
 
 /* ----------------------------------------------------------------
@@ -60,10 +67,12 @@ projections_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
 	sync_cache_valid = false;
 }
 
+/* A read table changing owner may break its projection. */
 static void
 projections_relcache_callback(Datum arg, Oid relid)
 {
-	if (!OidIsValid(relid) || relid == projections_relid)
+	if (!OidIsValid(relid) || relid == projections_relid ||
+		list_member_oid(sync_cache_tables, relid))
 		sync_cache_valid = false;
 }
 
@@ -178,6 +187,19 @@ CqrsCatalogExecute(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	return rc;
 }
 
+static Oid
+function_owner(Oid proc)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(proc));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", proc);
+	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
 /* The handler's OID from its stored signature; InvalidOid if it is gone. */
 static Oid
 resolve_handler(const char *signature)
@@ -240,16 +262,30 @@ projection_from_row(HeapTuple tuple, TupleDesc desc)
 	}
 	p->digest = DatumGetBool(SPI_getbinval(tuple, desc, 11, &isnull));
 
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(p->owner)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("the owner of projection \"%s\" no longer exists", p->name),
-				 errhint("Drop the projection and create it again as an existing role.")));
-
-	/* a dropped handler is reported when the projection next runs */
+	/*
+	 * A projection runs as whoever owns its code: the handler's owner, who
+	 * alone can change it (see CqrsProjectionOwner).  What cannot run is
+	 * reported when the projection next runs (CqrsApplyEvents), so that it
+	 * can still be listed, paused and dropped.
+	 */
 	p->handler = resolve_handler(p->handler_sig);
 	if (OidIsValid(p->handler))
+	{
+		p->owner = function_owner(p->handler);
 		fmgr_info_cxt(p->handler, &p->flinfo, CurrentMemoryContext);
+	}
+	else if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(p->owner)))
+		p->broken = psprintf("the owner of projection \"%s\" no longer exists", p->name);
+
+	/*
+	 * Its handler writes its tables as the owner: a table owned by another
+	 * role could carry that role's triggers, run with the owner's rights.
+	 */
+	for (int i = 0; i < p->ntables && p->broken == NULL; i++)
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(p->tables[i])) &&
+			!cqrs_class_ownercheck(p->tables[i], p->owner))
+			p->broken = psprintf("read table %s of projection \"%s\" is not owned by the projection's owner",
+								 get_rel_name(p->tables[i]), p->name);
 	return p;
 }
 
@@ -398,6 +434,7 @@ CqrsSyncProjections(Oid relid)
 	{
 		MemoryContext oldcxt;
 		List	   *l;
+		ListCell   *lc;
 
 		if (sync_cache_cxt == NULL)
 			sync_cache_cxt = AllocSetContextCreate(CacheMemoryContext,
@@ -405,11 +442,19 @@ CqrsSyncProjections(Oid relid)
 												   ALLOCSET_SMALL_SIZES);
 		MemoryContextReset(sync_cache_cxt);
 		sync_cache = NIL;
+		sync_cache_tables = NIL;
 
 		CqrsSPIConnect();
 		oldcxt = MemoryContextSwitchTo(sync_cache_cxt);
 		l = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'sync' AND state OPERATOR(pg_catalog.=) 'running'",
 								 NULL, CQRS_ROWS_UNLOCKED);
+		foreach(lc, l)
+		{
+			CqrsProjection *p = lfirst(lc);
+
+			for (int i = 0; i < p->ntables; i++)
+				sync_cache_tables = lappend_oid(sync_cache_tables, p->tables[i]);
+		}
 		MemoryContextSwitchTo(oldcxt);
 		SPI_finish();
 		sync_cache = l;
@@ -484,6 +529,104 @@ CqrsLoadSkipSet(const char *name, int64 after)
 														SPI_tuptable->tupdesc, 1, &isnull));
 	}
 	return set;
+}
+
+/*
+ * CqrsProjectionOwner
+ *		The owner of a projection as last committed, read without locking
+ *		anything; an error if it does not exist.  Manages its own SPI
+ *		connection.
+ *
+ * The owner is the role that owns the handler: the one role that can
+ * change the code run with the owner's rights.  create_projection requires
+ * the creator to own it; REASSIGN OWNED moves the projection with it; and
+ * as long as the role owns the handler, PostgreSQL refuses to drop it
+ * (pg_shdepend), while dropping the handler is refused by
+ * cqrs.projection_dropped().  The owner column keeps the creator, for a
+ * handler that is gone.
+ */
+Oid
+CqrsProjectionOwner(const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	SPIPlanPtr	plan;
+	CqrsCatalogScope scope;
+	Oid			owner = InvalidOid;
+	bool		isnull;
+	int			rc;
+
+	CqrsCatalogConnect(&scope);
+	values[0] = CStringGetTextDatum(name);
+	plan = SPI_prepare("SELECT COALESCE((SELECT f.proowner FROM pg_catalog.pg_proc f"
+					   "                  WHERE f.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(p.handler)),"
+					   "                 p.owner::pg_catalog.oid)"
+					   " FROM cqrs.projections p WHERE p.name OPERATOR(pg_catalog.=) $1",
+					   1, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "pg_cqrs: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_cqrs: reading cqrs.projections failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	CqrsCatalogDisconnect(&scope);
+	if (!OidIsValid(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("projection \"%s\" does not exist", name)));
+	return owner;
+}
+
+/*
+ * CqrsCheckProjectionOwner
+ *		A projection is administered only by roles with the privileges of
+ *		its owner (the owner, its members, superusers), as PostgreSQL's
+ *		ownership checks go: 42501 for anybody else.
+ */
+void
+CqrsCheckProjectionOwner(const char *name, Oid owner)
+{
+	if (!has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of projection \"%s\"", name),
+				 errdetail("Only members of the projection's owner role may administer it.")));
+}
+
+/*
+ * CqrsCheckProjectionStatusAccess
+ *		Where a projection has got to (projection_position, waiting for it,
+ *		its row of cqrs.projection_status) is for its owner's members, for
+ *		whoever may read one of its read tables (to read one's own writes,
+ *		say), and for pg_monitor: 42501 for anybody else.
+ */
+void
+CqrsCheckProjectionStatusAccess(const CqrsProjection *p)
+{
+	if (has_privs_of_role(GetUserId(), p->owner) ||
+		has_privs_of_role(GetUserId(), ROLE_PG_MONITOR))
+		return;
+	for (int i = 0; i < p->ntables; i++)
+		if (pg_class_aclcheck(p->tables[i], GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for projection \"%s\"", p->name),
+			 errdetail("Its progress is for members of its owner role, roles that may read one of its tables, and pg_monitor.")));
+}
+
+/*
+ * CqrsRequireProjectionOwner
+ *		Both: called first by every function that takes a projection's
+ *		name, before it takes any lock on the catalog, so that a stranger
+ *		can neither administer a projection nor hold appends up trying.
+ */
+void
+CqrsRequireProjectionOwner(const char *name)
+{
+	CqrsCheckProjectionOwner(name, CqrsProjectionOwner(name));
 }
 
 /*

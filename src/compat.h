@@ -51,11 +51,15 @@
 
 /* PG16 folded pg_class_ownercheck() and pg_namespace_aclcheck() into object_*(). */
 #if PG_VERSION_NUM >= 160000
+#define cqrs_proc_ownercheck(procoid, roleid) \
+	object_ownercheck(ProcedureRelationId, (procoid), (roleid))
 #define cqrs_class_ownercheck(relid, roleid) \
 	object_ownercheck(RelationRelationId, (relid), (roleid))
 #define cqrs_namespace_aclcheck(nspid, roleid, mode) \
 	object_aclcheck(NamespaceRelationId, (nspid), (roleid), (mode))
 #else
+#define cqrs_proc_ownercheck(procoid, roleid) \
+	pg_proc_ownercheck((procoid), (roleid))
 #define cqrs_class_ownercheck(relid, roleid) \
 	pg_class_ownercheck((relid), (roleid))
 #define cqrs_namespace_aclcheck(nspid, roleid, mode) \

@@ -42,6 +42,9 @@ int			cqrs_batch_size = 1000;
 /* cqrs.naptime: how long an idle worker sleeps between looks, in ms */
 int			cqrs_naptime = 1000;
 
+/* cqrs.handler_timeout: longest one handler call may take, in ms; 0: no limit */
+int			cqrs_handler_timeout = 10000;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -81,6 +84,18 @@ _PG_init(void)
 							10,
 							3600 * 1000,
 							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cqrs.handler_timeout",
+							"Longest time one call of a projection's handler may take.",
+							"A handler call that takes longer is cancelled: a sync projection's append fails, "
+							"a deferred projection fails at that event and the others go on. Zero disables the limit.",
+							&cqrs_handler_timeout,
+							10000,
+							0,
+							PG_INT32_MAX,
+							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -47,9 +47,15 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -78,16 +84,22 @@ PG_FUNCTION_INFO_V1(cqrs_skip_event);
 PG_FUNCTION_INFO_V1(cqrs_process_projections);
 PG_FUNCTION_INFO_V1(cqrs_wait_for_projection);
 PG_FUNCTION_INFO_V1(cqrs_projection_position);
+PG_FUNCTION_INFO_V1(cqrs_projection_dropped);
+PG_FUNCTION_INFO_V1(cqrs_projection_owner);
 
 /* ----------------------------------------------------------------
  * SQL-callable lifecycle functions
  * ----------------------------------------------------------------
  */
 
-/* Validate a handler: exists, takes exactly (cqrs.events), returns void. */
-static void
+/*
+ * Validate a handler: exists, takes exactly (cqrs.events), returns void, is
+ * the caller's.  Returns its owner, who will own the projection.
+ */
+static Oid
 check_handler(Oid handler)
 {
+	Oid			owner;
 	HeapTuple	tup;
 	Form_pg_proc proc;
 	Oid			events_type;
@@ -98,6 +110,17 @@ check_handler(Oid handler)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("function with OID %u does not exist", handler)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
+
+	/*
+	 * The handler runs as the projection's owner on every append: whoever
+	 * may change its code (its owner, with CREATE OR REPLACE) must be the
+	 * projection's owner, or anybody could run code with the owner's rights.
+	 */
+	if (!cqrs_proc_ownercheck(handler, GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of function %s", format_procedure(handler)),
+				 errdetail("A projection's handler runs as the projection's owner, so only the owner may be able to change its code.")));
 	if (cqrs_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -111,16 +134,24 @@ check_handler(Oid handler)
 				 errmsg("projection handler %s must take one cqrs.events argument and return void",
 						format_procedure(handler)),
 				 errhint("Declare it as: CREATE FUNCTION handler(e cqrs.events) RETURNS void ...")));
+	owner = proc->proowner;
 	ReleaseSysCache(tup);
+	return owner;
 }
 
-/* Each read table must exist and have a primary key. */
+/*
+ * Each read table must exist, be a permanent table of the caller's, not one
+ * of the extension's own, appear once, and have a primary key.  Owning it
+ * is what lets the projection put its digest trigger on it and empty it in
+ * a replay; the extension's catalogs would be emptied by a replay.
+ */
 static void
-check_tables(ArrayType *tables)
+check_tables(ArrayType *tables, Oid owner)
 {
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
+	Oid			extension = get_extension_oid("pg_cqrs", false);
 
 	if (ARR_NDIM(tables) > 1)
 		ereport(ERROR,
@@ -142,6 +173,21 @@ check_tables(ArrayType *tables)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("relation with OID %u does not exist", relid)));
+		for (int j = 0; j < i; j++)
+			if (DatumGetObjectId(elems[j]) == relid)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_OBJECT),
+						 errmsg("table %s appears more than once in tables", get_rel_name(relid))));
+		/* before locking it, as LOCK TABLE and ALTER TABLE do */
+		if (!cqrs_class_ownercheck(relid, owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of table %s", get_rel_name(relid)),
+					 errdetail("A projection empties, repairs and puts a trigger on its read tables: they must be its owner's.")));
+		if (getExtensionOfObject(RelationRelationId, relid) == extension)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("table %s belongs to pg_cqrs and cannot be a read table", get_rel_name(relid))));
 		rel = table_open(relid, AccessShareLock);
 		if (rel->rd_rel->relkind != RELKIND_RELATION &&
 			rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
@@ -153,7 +199,7 @@ check_tables(ArrayType *tables)
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("read table \"%s\" is temporary", RelationGetRelationName(rel)),
 					 errdetail("The worker and other sessions cannot see a temporary table.")));
-		if (pg_class_aclmask(relid, GetUserId(), ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE,
+		if (pg_class_aclmask(relid, owner, ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE,
 							 ACLMASK_ALL) != (ACL_SELECT | ACL_INSERT | ACL_UPDATE | ACL_DELETE))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -169,9 +215,40 @@ check_tables(ArrayType *tables)
 }
 
 /*
- * A table belongs to one projection at most: a replay of one would wipe
- * the rows of the other, and their digests would count each other's writes
- * as drift.
+ * The tables and every partition above or below them: a replay of a
+ * partitioned table empties its partitions, and rows written through a
+ * partition are rows of its parent.
+ */
+static ArrayType *
+table_relatives(ArrayType *tables)
+{
+	Datum	   *elems;
+	int			n;
+	List	   *relids = NIL;
+	Datum	   *out;
+	int			nout = 0;
+	ListCell   *lc;
+
+	deconstruct_array(tables, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT,
+					  &elems, NULL, &n);
+	for (int i = 0; i < n; i++)
+	{
+		Oid			relid = DatumGetObjectId(elems[i]);
+
+		relids = list_concat_unique_oid(relids, find_all_inheritors(relid, NoLock, NULL));
+		if (get_rel_relispartition(relid))
+			relids = list_concat_unique_oid(relids, get_partition_ancestors(relid));
+	}
+	out = palloc((list_length(relids) + 1) * sizeof(Datum));
+	foreach(lc, relids)
+		out[nout++] = ObjectIdGetDatum(lfirst_oid(lc));
+	return construct_array(out, nout, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT);
+}
+
+/*
+ * A table belongs to one projection at most, and so does each partition
+ * tree: a replay of one would wipe the rows of the other, and their
+ * digests would count each other's writes as drift.
  */
 static void
 check_tables_unowned(const char *name, ArrayType *tables)
@@ -181,7 +258,7 @@ check_tables_unowned(const char *name, ArrayType *tables)
 	int			rc;
 
 	values[0] = CStringGetTextDatum(name);
-	values[1] = PointerGetDatum(tables);
+	values[1] = PointerGetDatum(table_relatives(tables));
 	rc = CqrsCatalogExecute("SELECT name, t::pg_catalog.text FROM cqrs.projections, pg_catalog.unnest(tables) t"
 							" WHERE name OPERATOR(pg_catalog.<>) $1 AND t OPERATOR(pg_catalog.=) ANY ($2)"
 							" ORDER BY 1, 2 LIMIT 1",
@@ -214,6 +291,7 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	bool		sync;
 	ArrayType  *tables;
 	Oid			relid;
+	Oid			owner;
 	CqrsProjection *p;
 	int			rc;
 	bool		digest = true;
@@ -250,8 +328,8 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	}
 	tables = PG_ARGISNULL(3) ? construct_empty_array(REGCLASSOID) : PG_GETARG_ARRAYTYPE_P(3);
 
-	check_handler(handler);
-	check_tables(tables);
+	owner = check_handler(handler);
+	check_tables(tables, owner);
 
 	/* Sync: no append may hold a position while we look at the head. */
 	relid = CqrsLockProjections(sync ? ShareLock : RowExclusiveLock);
@@ -264,7 +342,7 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(format_procedure_qualified(handler));
-	values[2] = ObjectIdGetDatum(GetUserId());
+	values[2] = ObjectIdGetDatum(owner);
 	values[3] = CStringGetTextDatum(mode);
 	values[4] = PointerGetDatum(tables);
 	values[5] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
@@ -313,7 +391,7 @@ Datum
 cqrs_drop_projection(PG_FUNCTION_ARGS)
 {
 	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
-	Oid			relid = CqrsLockProjections(ShareLock);
+	Oid			relid;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 	int			rc;
@@ -322,6 +400,8 @@ cqrs_drop_projection(PG_FUNCTION_ARGS)
 	int			ntables;
 	bool		isnull;
 
+	CqrsRequireProjectionOwner(name);
+	relid = CqrsLockProjections(ShareLock);
 	CqrsSPIConnect();
 	values[0] = CStringGetTextDatum(name);
 	rc = CqrsCatalogExecute("DELETE FROM cqrs.projections WHERE name OPERATOR(pg_catalog.=) $1"
@@ -361,9 +441,11 @@ Datum
 cqrs_pause_projection(PG_FUNCTION_ARGS)
 {
 	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
-	Oid			relid = CqrsLockProjections(ShareLock);
+	Oid			relid;
 	CqrsProjection *p;
 
+	CqrsRequireProjectionOwner(name);
+	relid = CqrsLockProjections(ShareLock);
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, true);
 	if (p->state != 'p')
@@ -396,9 +478,11 @@ Datum
 cqrs_resume_projection(PG_FUNCTION_ARGS)
 {
 	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
-	Oid			relid = CqrsLockProjections(ShareLock);
+	Oid			relid;
 	CqrsProjection *p;
 
+	CqrsRequireProjectionOwner(name);
+	relid = CqrsLockProjections(ShareLock);
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, true);
 	if (p->state != 'r')
@@ -437,6 +521,7 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("event_position must not be null")));
 	position = PG_GETARG_INT64(1);
+	CqrsRequireProjectionOwner(name);
 	relid = CqrsLockProjections(RowExclusiveLock);
 
 	CqrsSPIConnect();
@@ -488,7 +573,8 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
  * cqrs.process_projections(name text, max_events integer) RETURNS bigint
  *
  * Apply, in the caller's transaction, every event committed before the call
- * to the running deferred projections (or the one named), handing at most
+ * to the running deferred projections the caller may administer (or the
+ * one named, which it must), handing at most
  * max_events events to handlers in all.  (A batch examines no more events
  * than the budget left, so it cannot overshoot.)  Waits for a batch another applier is running, and for
  * appends in flight below the events to apply.  Returns events applied.
@@ -513,6 +599,8 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("cqrs.process_projections() must run at READ COMMITTED"),
 				 errdetail("It moves checkpoints the background worker moves too, which a REPEATABLE READ or SERIALIZABLE transaction cannot follow.")));
+	if (only != NULL)
+		CqrsRequireProjectionOwner(only);
 	(void) CqrsLockProjections(RowExclusiveLock);
 	CqrsRequireHorizon();
 
@@ -530,6 +618,9 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 	{
 		CqrsProjection *p = lfirst(lc);
 
+		/* without a name: the projections the caller may administer */
+		if (!has_privs_of_role(GetUserId(), p->owner))
+			continue;
 		while (budget > 0)
 		{
 			CqrsBatchResult r;
@@ -567,7 +658,8 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 /*
  * Where a projection has got to, read with a fresh snapshot: a deferred or
  * paused projection's checkpoint; for a running sync projection, the safe
- * position (every final event is applied).  Sets *state.
+ * position (every final event is applied).  Sets *state.  For those
+ * CqrsCheckProjectionStatusAccess lets follow it.
  */
 static int64
 projection_progress(const char *name, char *state)
@@ -577,6 +669,7 @@ projection_progress(const char *name, char *state)
 
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, false);
+	CqrsCheckProjectionStatusAccess(p);
 	position = p->position;
 	*state = p->state;
 	if (p->sync && p->state == 'r')
@@ -606,6 +699,36 @@ cqrs_projection_position(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Now plus timeout; a timeout past any timestamp is no deadline at all,
+ * rather than a "timestamp out of range" error.
+ */
+static TimestampTz
+deadline_after(Interval *timeout)
+{
+	double		usecs = (double) timeout->time +
+		((double) timeout->day + (double) timeout->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+
+	/* 100 years: far beyond any wait, far within timestamptz's range */
+	if (usecs > 100.0 * DAYS_PER_YEAR * USECS_PER_DAY)
+		return DT_NOEND;
+	if (usecs < 0)
+		usecs = 0;
+	return GetCurrentTimestamp() + (TimestampTz) usecs;
+}
+
+/*
+ * cqrs.projection_owner(name text) RETURNS regrole
+ *
+ * The role a projection belongs to and runs as: its handler's owner (see
+ * CqrsProjectionOwner).  Not secret: pg_proc says as much.
+ */
+Datum
+cqrs_projection_owner(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_OID(CqrsProjectionOwner(CqrsProjectionNameArg(fcinfo, 0)));
+}
+
+/*
  * cqrs.wait_for_projection(name text, up_to bigint, timeout interval)
  *	  RETURNS boolean
  *
@@ -626,16 +749,14 @@ cqrs_wait_for_projection(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("up_to must not be null")));
 	up_to = PG_GETARG_INT64(1);
+	/* the name (and the right to watch it) first: an error a user can act on */
+	CqrsSPIConnect();
+	CqrsCheckProjectionStatusAccess(CqrsProjectionGet(name, false));
+	SPI_finish();
 	if (PG_ARGISNULL(2))
 		deadline = DT_NOEND;
 	else
-	{
-		Interval   *timeout = PG_GETARG_INTERVAL_P(2);
-
-		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														   TimestampTzGetDatum(GetCurrentTimestamp()),
-														   PointerGetDatum(timeout)));
-	}
+		deadline = deadline_after(PG_GETARG_INTERVAL_P(2));
 
 	for (;;)
 	{
@@ -657,3 +778,55 @@ cqrs_wait_for_projection(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(done);
 }
 
+/*
+ * cqrs.projection_dropped() RETURNS event_trigger
+ *
+ * ON sql_drop: refuse to drop a projection's handler or one of its read
+ * tables (DROP FUNCTION, DROP TABLE, DROP SCHEMA ... CASCADE, DROP OWNED),
+ * as PostgreSQL refuses to drop an object others depend on.  Otherwise a
+ * function of the same signature created later by anybody would be bound
+ * in the handler's place, and appends would fail on a missing table.  The
+ * projection must be dropped first.
+ *
+ * (The catalog cannot record these dependencies in pg_depend: its rows are
+ * not objects, and a dependency of the extension's catalog table on the
+ * handler would make DROP FUNCTION ... CASCADE drop the extension.)
+ */
+Datum
+cqrs_projection_dropped(PG_FUNCTION_ARGS)
+{
+	int			rc;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("cqrs.projection_dropped() must be called as an event trigger")));
+
+	/* DROP EXTENSION pg_cqrs: the catalog itself may be gone */
+	if (!OidIsValid(get_namespace_oid("cqrs", true)) ||
+		!OidIsValid(CqrsProjectionsRelid()))
+		PG_RETURN_VOID();
+
+	CqrsSPIConnect();
+	rc = CqrsCatalogExecute("SELECT p.name, d.object_type, d.object_identity"
+							"  FROM pg_catalog.pg_event_trigger_dropped_objects() d, cqrs.projections p"
+							" WHERE d.objsubid OPERATOR(pg_catalog.=) 0"
+							"   AND ((d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass"
+							"         AND d.object_identity OPERATOR(pg_catalog.=) p.handler)"
+							"     OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass"
+							"         AND d.objid OPERATOR(pg_catalog.=) ANY (p.tables::pg_catalog.oid[])))"
+							" ORDER BY 1, 3 LIMIT 1",
+							0, NULL, NULL, NULL, true);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_cqrs: reading dropped objects failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop %s %s because projection \"%s\" uses it",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errhint("Drop the projection first, with cqrs.drop_projection().")));
+	SPI_finish();
+	PG_RETURN_VOID();
+}
