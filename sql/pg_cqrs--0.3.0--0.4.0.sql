@@ -115,3 +115,20 @@ $$;
 --
 -- The outbox and change capture.
 --
+
+-- Publishing is a right: EXECUTE on cqrs.publish, given by the DBA.  The
+-- output plugin emits only messages that cqrs.publish authenticated for
+-- their transaction (src/outbox.c), so calling pg_logical_emit_message()
+-- with the prefix "pg_cqrs" no longer gets anything out.  Messages that
+-- 0.3.0 published and no slot has decoded yet carry no authentication
+-- code: the new library skips them with a WARNING (README, "Upgrading").
+REVOKE EXECUTE ON FUNCTION cqrs.publish(text, jsonb, text) FROM PUBLIC;
+
+-- cqrs.outbox_status is for operators: pg_monitor, and whom the DBA grants
+-- SELECT on it (and USAGE on the schema, which pg_monitor is given here:
+-- every function of the schema checks its caller's rights itself).
+-- cqrs.outbox_delivered, which the view calls with its reader's rights,
+-- stays executable by PUBLIC and itself requires SELECT on the view or on
+-- cqrs.events.
+GRANT USAGE ON SCHEMA cqrs TO pg_monitor;
+GRANT SELECT ON cqrs.outbox_status TO pg_monitor;

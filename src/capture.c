@@ -43,9 +43,15 @@
  * table need no privilege on cqrs.events -- and cannot forge captured
  * events through cqrs.append either.  The owner must hold INSERT on
  * cqrs.events and USAGE on schema cqrs; capture() checks it.  The trigger
- * function trusts only the catalog: a trigger that nobody registered with
- * capture() refuses to run, so EXECUTE on it can stay granted to PUBLIC
- * (pg_restore and capture() create the triggers with the caller's rights).
+ * function trusts only the catalog and its own trigger: it refuses to run
+ * for a table cqrs.captures does not list, and on a captured table for any
+ * trigger but the one capture() created (named cqrs_capture, with exactly
+ * capture()'s definition; capture_trigger.c explains why by name and
+ * definition rather than by OID).  So a role with the TRIGGER privilege on
+ * a captured table cannot make the owner append twice, and EXECUTE on the
+ * function can stay granted to PUBLIC (pg_restore and capture() create the
+ * triggers with the caller's rights).  Our own statements run with
+ * search_path = pg_catalog, pg_temp and are fully qualified.
  *
  * Dump and restore.  The triggers are ordinary triggers on the user's
  * table: pg_dump dumps them with it and pg_restore creates them after the
@@ -95,6 +101,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -386,11 +393,30 @@ check_category(FunctionCallInfo fcinfo, Relation rel)
 	return category;
 }
 
-static void
+/*
+ * Connect to SPI with search_path = pg_catalog, pg_temp, in a GUC nest
+ * level of its own that spi_finish() pops: our statements are fully
+ * qualified anyway, and nothing the caller put on its search_path can be
+ * found by them.  An error pops the level with the (sub)transaction.
+ */
+static int
 spi_connect(void)
 {
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	return nestlevel;
+}
+
+static void
+spi_finish(int nestlevel)
+{
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
 }
 
 static void
@@ -420,6 +446,7 @@ cqrs_capture(PG_FUNCTION_ARGS)
 	char	   *captured_category;
 	char	   *qualified;
 	Oid			other;
+	int			nestlevel;
 	Oid			argtypes[3] = {OIDOID, TEXTOID, TEXTOID};
 	Datum		values[3];
 
@@ -445,7 +472,7 @@ cqrs_capture(PG_FUNCTION_ARGS)
 
 	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 										   RelationGetRelationName(rel));
-	spi_connect();
+	nestlevel = spi_connect();
 
 	/* as the caller, who owns the table: CREATE TRIGGER checks that again */
 	spi_execute(psprintf("CREATE TRIGGER " CAPTURE_ROW_TRIGGER
@@ -463,7 +490,7 @@ cqrs_capture(PG_FUNCTION_ARGS)
 	catalog_execute("INSERT INTO cqrs.captures (source, category, type_prefix)"
 					" VALUES ($1::pg_catalog.regclass, $2, $3)",
 					3, argtypes, values, SPI_OK_INSERT);
-	SPI_finish();
+	spi_finish(nestlevel);
 
 	relation_close(rel, NoLock);
 	PG_RETURN_VOID();
@@ -482,6 +509,7 @@ cqrs_uncapture(PG_FUNCTION_ARGS)
 	Oid			relid = source_arg(fcinfo);
 	Relation	rel;
 	char	   *qualified;
+	int			nestlevel;
 	Oid			argtypes[1] = {OIDOID};
 	Datum		values[1];
 
@@ -494,7 +522,7 @@ cqrs_uncapture(PG_FUNCTION_ARGS)
 
 	qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 										   RelationGetRelationName(rel));
-	spi_connect();
+	nestlevel = spi_connect();
 	/* either may have been dropped by hand; that is what we want anyway */
 	if (OidIsValid(get_trigger_oid(relid, CAPTURE_ROW_TRIGGER, true)))
 		spi_execute(psprintf("DROP TRIGGER " CAPTURE_ROW_TRIGGER " ON %s", qualified));
@@ -505,7 +533,7 @@ cqrs_uncapture(PG_FUNCTION_ARGS)
 	catalog_execute("DELETE FROM cqrs.captures"
 					" WHERE source OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
 					1, argtypes, values, SPI_OK_DELETE);
-	SPI_finish();
+	spi_finish(nestlevel);
 
 	relation_close(rel, NoLock);
 	PG_RETURN_VOID();
@@ -527,6 +555,7 @@ cqrs_capture_dropped(PG_FUNCTION_ARGS)
 	SysScanDesc scan;
 	Snapshot	snapshot;
 	bool		empty;
+	int			nestlevel;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -548,13 +577,13 @@ cqrs_capture_dropped(PG_FUNCTION_ARGS)
 	if (empty)
 		PG_RETURN_VOID();
 
-	spi_connect();
+	nestlevel = spi_connect();
 	catalog_execute("DELETE FROM cqrs.captures c"
 					" USING pg_catalog.pg_event_trigger_dropped_objects() d"
 					" WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass"
 					"   AND d.objsubid OPERATOR(pg_catalog.=) 0"
 					"   AND c.source::pg_catalog.oid OPERATOR(pg_catalog.=) d.objid",
 					0, NULL, NULL, SPI_OK_DELETE);
-	SPI_finish();
+	spi_finish(nestlevel);
 	PG_RETURN_VOID();
 }

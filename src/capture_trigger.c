@@ -23,6 +23,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -70,6 +71,42 @@ typedef struct CaptureInfo
 } CaptureInfo;
 
 static HTAB *capture_cache = NULL;
+
+/*
+ * Is this the row trigger cqrs.capture() creates: its name, and exactly its
+ * definition (AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW, no column
+ * list, no WHEN, no arguments, not a constraint trigger, no transition
+ * tables)?
+ *
+ * Trigger names are unique per table and only the table's owner can drop
+ * or rename a trigger, so while capture()'s trigger exists no other can
+ * pass; a role that may only create triggers (the TRIGGER privilege) can
+ * add cqrs.capture_trigger() under another name, and that trigger refuses
+ * to run.  Should the owner drop cqrs_capture by hand, a trigger recreated
+ * under that name passes only if it does exactly what capture()'s did.  We
+ * check the definition rather than an OID recorded by capture() because
+ * pg_dump and pg_restore recreate the trigger under a new OID, with no
+ * moment at which the restored trigger could be told from one made by
+ * somebody else.  tgenabled is not checked: only the owner can change it.
+ */
+static bool
+is_capture_row_trigger(const Trigger *trigger)
+{
+	int16		type = trigger->tgtype;
+
+	return strcmp(trigger->tgname, CAPTURE_ROW_TRIGGER) == 0 &&
+		TRIGGER_FOR_ROW(type) && TRIGGER_FOR_AFTER(type) &&
+		TRIGGER_FOR_INSERT(type) && TRIGGER_FOR_UPDATE(type) &&
+		TRIGGER_FOR_DELETE(type) && !TRIGGER_FOR_TRUNCATE(type) &&
+		!trigger->tgisinternal &&
+		!OidIsValid(trigger->tgconstraint) &&
+		!trigger->tgdeferrable &&
+		trigger->tgnargs == 0 &&
+		trigger->tgnattr == 0 &&
+		trigger->tgqual == NULL &&
+		trigger->tgoldtable == NULL &&
+		trigger->tgnewtable == NULL;
+}
 
 /* Error context while a row change is captured. */
 typedef struct CaptureErrorContext
@@ -458,6 +495,13 @@ cqrs_capture_trigger(PG_FUNCTION_ARGS)
 				 errmsg("cqrs.capture_trigger() must be called AFTER, FOR EACH ROW, or BEFORE TRUNCATE")));
 
 	info = capture_info(rel, trigdata->tg_trigger->tgname);
+	if (!is_capture_row_trigger(trigdata->tg_trigger))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("trigger \"%s\" on table \"%s\" is not the capture trigger of the table",
+						trigdata->tg_trigger->tgname, RelationGetRelationName(rel)),
+				 errdetail("Row changes are captured only by the trigger \"%s\" that cqrs.capture() created.", CAPTURE_ROW_TRIGGER),
+				 errhint("Drop trigger \"%s\".", trigdata->tg_trigger->tgname)));
 	desc = RelationGetDescr(rel);
 
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "pg_cqrs captured row",

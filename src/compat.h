@@ -108,23 +108,38 @@
 #define CQRS_DECODER_PROGRESS_IN_TXN 0
 #endif
 
-/* Whether s[0..len) is valid JSON; PG17 reworked the lexer's constructor. */
+/*
+ * Parse s[0..len) as JSON with the semantic actions sem (NULL: only check
+ * it); true when it is valid.  need_escapes: hand string tokens to the
+ * actions de-escaped.  PG17 reworked the lexer's constructor, and PG16 made
+ * semantic actions return a JsonParseErrorType: write them as
+ * "static CqrsJsonAction f(...) { ... CQRS_JSON_ACTION_DONE; }".
+ */
 #include "common/jsonapi.h"
 
+#if PG_VERSION_NUM >= 160000
+typedef JsonParseErrorType CqrsJsonAction;
+#define CQRS_JSON_ACTION_DONE return JSON_SUCCESS
+#else
+typedef void CqrsJsonAction;
+#define CQRS_JSON_ACTION_DONE return
+#endif
+
 static inline bool
-CqrsJsonIsValid(const char *s, int len, int encoding)
+CqrsJsonParse(const char *s, int len, int encoding, bool need_escapes,
+			  JsonSemAction *sem)
 {
 #if PG_VERSION_NUM >= 170000
 	JsonLexContext lex;
 	bool		ok;
 
-	makeJsonLexContextCstringLen(&lex, s, len, encoding, false);
-	ok = pg_parse_json(&lex, &nullSemAction) == JSON_SUCCESS;
+	makeJsonLexContextCstringLen(&lex, s, len, encoding, need_escapes);
+	ok = pg_parse_json(&lex, sem ? sem : &nullSemAction) == JSON_SUCCESS;
 	freeJsonLexContext(&lex);
 	return ok;
 #else
-	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) s, len, encoding, false);
-	bool		ok = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+	JsonLexContext *lex = makeJsonLexContextCstringLen((char *) s, len, encoding, need_escapes);
+	bool		ok = pg_parse_json(lex, sem ? sem : &nullSemAction) == JSON_SUCCESS;
 
 	pfree(lex);
 	return ok;

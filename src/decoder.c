@@ -21,14 +21,32 @@
  *
  * Finding cqrs.events.  Changes arrive with the relation as the historic
  * snapshot sees it.  A relation is the event log when its name is "events",
- * its schema's name is "cqrs" and its first eight columns have the log's
- * types.  The answer is cached per relation OID (one positive and one
- * negative entry suffice: "events" tables are rare) and forgotten on any
- * relcache invalidation of that relation and on any change to a schema
- * (ALTER SCHEMA ... RENAME sends no relcache invalidation).  Decoding
- * executes the invalidations of the transactions it decodes, so DROP and
- * CREATE EXTENSION in the decoded history are noticed at the right point.
- * Other relations cost one comparison of their name.
+ * its schema's name is "cqrs", its first eight columns have the log's types
+ * and pg_depend, read under the historic snapshot, makes it a member of the
+ * extension pg_cqrs: after DROP EXTENSION anybody may create a look-alike
+ * cqrs.events, whose rows must not stream as events.  The answer is cached
+ * per relation OID (one positive and one negative entry suffice: "events"
+ * tables are rare) and forgotten on any relcache invalidation of that
+ * relation and on any change to a schema (ALTER SCHEMA ... RENAME sends no
+ * relcache invalidation).  Decoding executes the invalidations of the
+ * transactions it decodes, so DROP and CREATE EXTENSION in the decoded
+ * history are noticed at the right point.  (ALTER EXTENSION ... DROP TABLE
+ * sends none; only the extension's owner can run it.)  Other relations cost
+ * one comparison of their name.
+ *
+ * Published messages.  Only transactional messages with the prefix
+ * "pg_cqrs" that cqrs.publish wrote in the transaction being decoded are
+ * emitted (outbox.c authenticates them); the others are dropped with one
+ * WARNING per transaction, never an error, which would stop the slot.
+ *
+ * Every line is one JSON object written here: strings escaped, jsonb
+ * printed from its binary form, a message's payload parsed and written out
+ * again token by token (outbox.c).  No caller text is copied verbatim, so
+ * no value, however crafted, can end a line or start another.
+ *
+ * Size.  The JSON writers are the hot path of every event and stay in this
+ * file, static, so that they are inlined into the change callback; that
+ * makes the file a little longer than 900 lines.
  *
  * Options (all optional; unknown options and bad values are errors, as in
  * test_decoding, raised when decoding starts):
@@ -68,8 +86,12 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/dependency.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "parser/scansup.h"
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
@@ -122,6 +144,9 @@ typedef struct DecoderState
 	int64		max_position;	/* highest event position in it, 0: none */
 	char		tail[64];		/* ,"lsn":"…","xid":…} shared by its objects */
 	int			tail_len;		/* 0 until computed */
+	int			dropped;		/* messages dropped as not authentic */
+	XLogRecPtr	dropped_lsn;	/* the first of them */
+	const char *dropped_why;	/* why (a static string) */
 
 	/* recorded_at of the previous event, formatted: usually the same */
 	TimestampTz last_ts;
@@ -351,7 +376,9 @@ static const Oid events_types[Natts_events] = {
 };
 
 /*
- * Is this relation, as the historic snapshot sees it, cqrs.events?
+ * Is this relation, as the historic snapshot sees it, cqrs.events?  The
+ * catalog lookups (schema name, extension membership) run only for a
+ * relation named "events" not seen before, under the historic snapshot.
  */
 static bool
 is_event_log(Relation rel)
@@ -380,6 +407,15 @@ is_event_log(Relation rel)
 
 		if (att->attisdropped || att->atttypid != events_types[i])
 			match = false;
+	}
+
+	/* the log is the extension's own table, not any look-alike */
+	if (match)
+	{
+		Oid			ext = get_extension_oid("pg_cqrs", true);
+
+		match = OidIsValid(ext) &&
+			getExtensionOfObject(RelationRelationId, relid) == ext;
 	}
 
 	if (match)
@@ -618,6 +654,7 @@ decoder_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	st->wrote = false;
 	st->max_position = 0;
 	st->tail_len = 0;
+	st->dropped = 0;
 }
 
 static void
@@ -625,6 +662,19 @@ decoder_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			   XLogRecPtr commit_lsn)
 {
 	DecoderState *st = ctx->output_plugin_private;
+
+	/* one warning per transaction, however many messages it forged */
+	if (st->dropped > 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg_plural("skipped %d logical decoding message with prefix \"%s\" that cqrs.publish did not write",
+							   "skipped %d logical decoding messages with prefix \"%s\" that cqrs.publish did not write",
+							   st->dropped, st->dropped, CQRS_MESSAGE_PREFIX),
+				 errdetail_plural("Transaction %u wrote it at %X/%X. %s",
+								  "Transaction %u wrote them, the first at %X/%X. %s",
+								  st->dropped, txn->xid,
+								  LSN_FORMAT_ARGS(st->dropped_lsn), st->dropped_why),
+				 errhint("Only cqrs.publish() can write messages that the pg_cqrs output plugin emits.")));
 
 	if (st->max_position > 0 && ctx->slot != NULL)
 		CqrsOutboxNoteDecoded(ctx->slot, &st->outbox_slot, txn->end_lsn,
@@ -795,8 +845,9 @@ done:
 
 /*
  * A logical decoding message.  Only transactional messages with our prefix
- * are ours (cqrs.publish writes nothing else); they arrive here only once
- * their transaction has committed, in order with its changes.
+ * are ours; they arrive here only once their transaction has committed, in
+ * order with its changes, and are emitted only if cqrs.publish wrote them
+ * in that transaction (outbox.c checks).
  */
 static void
 decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
@@ -806,7 +857,9 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	DecoderState *st = ctx->output_plugin_private;
 	CqrsPublished msg;
 	MemoryContext old;
+	StringInfoData payload;
 	StringInfo	out;
+	const char *why;
 
 	decoder_tick(ctx, st);
 
@@ -815,25 +868,28 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	old = MemoryContextSwitchTo(st->context);
 
-	/*
-	 * Somebody else may write messages with our prefix (with
-	 * pg_logical_emit_message).  Failing here would stop the slot for good,
-	 * so what we cannot read is skipped with a warning.
-	 */
-	if (!CqrsDecodePublished(message, sz, &msg))
+	why = CqrsDecodePublished(message, sz, MyDatabaseId, txn->xid, &msg);
+	if (why == NULL)
 	{
-		ereport(WARNING,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("skipping a logical decoding message with prefix \"%s\" that cqrs.publish did not write",
-						CQRS_MESSAGE_PREFIX),
-				 errdetail("The message at %X/%X is %zu bytes long and cannot be read.",
-						   LSN_FORMAT_ARGS(message_lsn), sz)));
+		if (st->topics.nitems > 0 &&
+			!filter_match(&st->topics, msg.topic, msg.topic_len))
+			goto done;
+
+		/* the payload, written out again before anything goes out */
+		initStringInfo(&payload);
+		if (!CqrsPublishedPayload(&msg, &payload))
+			why = "Its payload is not valid JSON.";
+	}
+	if (why != NULL)
+	{
+		/* warned about at commit: see decoder_commit */
+		if (st->dropped++ == 0)
+		{
+			st->dropped_lsn = message_lsn;
+			st->dropped_why = why;
+		}
 		goto done;
 	}
-
-	if (st->topics.nitems > 0 &&
-		!filter_match(&st->topics, msg.topic, msg.topic_len))
-		goto done;
 
 	OutputPluginPrepareWrite(ctx, true);
 	out = ctx->out;
@@ -848,7 +904,7 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		else
 			append_json_string(out, msg.key, msg.key_len);
 		APPEND_LITERAL(out, ",\"payload\":");
-		appendBinaryStringInfo(out, msg.payload, msg.payload_len);
+		appendBinaryStringInfo(out, payload.data, payload.len);
 		APPEND_LITERAL(out, ",\"id\":");
 		append_json_uuid(out, &msg.id);
 	}
@@ -865,7 +921,7 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		else
 			append_json_string(out, msg.key, msg.key_len);
 		APPEND_LITERAL(out, ",\"type\":null,\"payload\":");
-		appendBinaryStringInfo(out, msg.payload, msg.payload_len);
+		appendBinaryStringInfo(out, payload.data, payload.len);
 	}
 	append_tail(st, out, txn);
 

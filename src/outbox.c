@@ -13,20 +13,53 @@
  * and carries a random id so consumers can deduplicate messages as they do
  * events:
  *
- *	uint8	format version (1)
+ *	uint8	format version (2)
  *	uint8	flags (bit 0: a key follows)
  *	16		id (uuid)
  *	uint32	topic length, then the topic's bytes
  *	uint32	key length, then the key's bytes (only with flag bit 0)
- *	the payload as JSON text (jsonb's output), to the end of the message
+ *	the payload as JSON text (jsonb's output)
+ *	32		authentication code (HMAC-SHA-256, see below)
  *
- * Integers are in the server's byte order: WAL never leaves it.  Anybody
- * may call pg_logical_emit_message() with our prefix, so the decoder
- * trusts nothing in a message: lengths are checked, topic and key must be
- * valid in the database encoding, and the payload must parse as JSON
- * before a byte of it is written (jsonb's binary form would have been
- * cheaper to carry, but cannot be checked cheaply and would be read
- * blindly by JsonbToCString).
+ * Integers are in the server's byte order: WAL never leaves it.
+ *
+ * Authentication.  pg_logical_emit_message() is executable by PUBLIC and
+ * takes any prefix, so a message with our prefix proves nothing about who
+ * wrote it, and WAL records carry no role.  Only cqrs.publish (EXECUTE on
+ * it is the publish right, revoked from PUBLIC since 0.4.0) can therefore
+ * vouch for a message: it ends the body with
+ *
+ *	HMAC-SHA-256(key, database OID || top-level full transaction id || body)
+ *
+ * and the decoder drops every message whose code does not match for the
+ * transaction it is decoded in.  The database OID and the 64-bit
+ * transaction id (epoch included, so the binding survives xid wraparound)
+ * bind the message to the one transaction that wrote it: a genuine body
+ * seen by somebody who may read WAL and emitted again in another
+ * transaction is refused.
+ *
+ * The key is HMAC-SHA-256(mock_authentication_nonce, a label).  The nonce
+ * is 32 random bytes that initdb writes into pg_control for SCRAM's mock
+ * authentication, which depends on its secrecy; it is never exposed to SQL
+ * (pg_control_init() and friends leave it out).  Using it rather than a
+ * key file of our own gives everything a key file would have to be made
+ * to do: it exists from initdb on (no first-use race, no file mode to get
+ * right, nothing to fsync), survives restarts and crashes with the WAL it
+ * authenticates, and travels with the cluster wherever WAL is decoded --
+ * pg_basebackup and pg_rewind copy pg_control, so physical standbys
+ * (PostgreSQL 16 decodes on standbys) and promoted replicas hold the same
+ * key.  pg_upgrade makes a new cluster and so a new key, which is harmless:
+ * no slot carries undecoded WAL across it (PostgreSQL 17 migrates only
+ * slots that have consumed everything).  Deriving a key through HMAC keeps
+ * ours independent of the nonce's own use.  Who can read pg_control can
+ * forge messages: the OS user, superusers and roles allowed to read server
+ * files (pg_read_server_files, or EXECUTE on pg_read_binary_file), which
+ * PostgreSQL documents as equivalent to superuser anyway.
+ *
+ * The decoder trusts nothing else either: lengths are checked before
+ * anything is read, topic and key must be valid in the database encoding,
+ * and the payload is parsed and written out again by the decoder itself, so
+ * whatever a body holds, every line is one JSON object (decoder.c).
  *
  * Delivery tracking.  A slot's confirmed_flush_lsn says how far its consumer
  * got in WAL, not in the log.  When the library is preloaded, the decoder
@@ -45,6 +78,13 @@
  * per decoded transaction that contains events; the status view takes it in
  * shared mode.
  *
+ * Who sees it.  cqrs.outbox_status is readable by pg_monitor and by whom
+ * the DBA grants SELECT on it.  A view calls functions with its reader's
+ * rights, so cqrs.outbox_delivered stays executable by PUBLIC and checks
+ * instead that its caller may read the view: the delivered positions tell
+ * how far the log goes, which a role that may read neither the view nor
+ * cqrs.events has no business knowing.
+ *
  * Copyright (c) 2026, pg_cqrs developers
  *
  * IDENTIFICATION
@@ -54,8 +94,13 @@
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_control.h"
+#include "common/hmac.h"
+#include "common/sha2.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "replication/message.h"
@@ -64,9 +109,12 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "mb/pg_wchar.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/pg_lsn.h"
 
 #include "compat.h"
@@ -75,9 +123,76 @@
 PG_FUNCTION_INFO_V1(cqrs_publish);
 PG_FUNCTION_INFO_V1(cqrs_outbox_delivered);
 
-#define PUBLISHED_VERSION	1
+#define PUBLISHED_VERSION	2
 #define PUBLISHED_HAS_KEY	0x01
 #define PUBLISHED_HEADER	(1 + 1 + UUID_LEN)
+#define PUBLISHED_MAC_LEN	PG_SHA256_DIGEST_LENGTH
+
+/* The label the message key is derived with: changing it changes the key. */
+#define PUBLISHED_KEY_LABEL "pg_cqrs outbox message authentication, format 2"
+
+/* ----------------------------------------------------------------------
+ * Authentication
+ * ----------------------------------------------------------------------
+ */
+
+static uint8 message_key[PG_SHA256_DIGEST_LENGTH];
+static bool message_key_ready = false;
+
+/* HMAC-SHA-256 of the concatenation of up to three parts. */
+static void
+hmac_sha256(const uint8 *key, size_t keylen,
+			const void *a, size_t alen, const void *b, size_t blen,
+			const void *c, size_t clen, uint8 *out)
+{
+	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
+
+	if (ctx == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	if (pg_hmac_init(ctx, key, keylen) < 0 ||
+		pg_hmac_update(ctx, a, alen) < 0 ||
+		(blen > 0 && pg_hmac_update(ctx, b, blen) < 0) ||
+		(clen > 0 && pg_hmac_update(ctx, c, clen) < 0) ||
+		pg_hmac_final(ctx, out, PG_SHA256_DIGEST_LENGTH) < 0)
+	{
+		const char *why = pg_hmac_error(ctx);
+
+		pg_hmac_free(ctx);
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute an HMAC-SHA-256: %s", why)));
+	}
+	pg_hmac_free(ctx);
+}
+
+/*
+ * The authentication code of a message body (everything before the code)
+ * written in database dboid by the transaction fxid.  The key is derived
+ * once per process; see the file header.
+ */
+static void
+message_mac(Oid dboid, FullTransactionId fxid, const char *body, Size len,
+			uint8 *mac)
+{
+	uint8		binding[sizeof(Oid) + sizeof(uint64)];
+	uint64		xid64 = U64FromFullTransactionId(fxid);
+
+	if (!message_key_ready)
+	{
+		const char *nonce = GetMockAuthenticationNonce();
+
+		hmac_sha256((const uint8 *) nonce, MOCK_AUTH_NONCE_LEN,
+					PUBLISHED_KEY_LABEL, strlen(PUBLISHED_KEY_LABEL),
+					NULL, 0, NULL, 0, message_key);
+		message_key_ready = true;
+	}
+	memcpy(binding, &dboid, sizeof(Oid));
+	memcpy(binding + sizeof(Oid), &xid64, sizeof(uint64));
+	hmac_sha256(message_key, sizeof(message_key), binding, sizeof(binding),
+				body, len, NULL, 0, mac);
+}
 
 /* ----------------------------------------------------------------------
  * The message format
@@ -91,24 +206,61 @@ append_uint32(StringInfo buf, uint32 v)
 }
 
 /*
- * CqrsDecodePublished
- *		Read a message body written by cqrs.publish.  Returns false when it
- *		is not one.  topic, key and payload point into the body.
+ * The full id of a transaction being decoded, which cqrs.publish bound
+ * its messages to.  A decoded transaction is older than the next xid and,
+ * the slot holding back the catalog's freeze horizon, by less than 2^31:
+ * its epoch is the next xid's, or the one before when the 32-bit counter
+ * has wrapped since.
  */
-bool
-CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg)
+static FullTransactionId
+decoded_full_xid(TransactionId xid)
+{
+	FullTransactionId next = ReadNextFullTransactionId();
+	uint32		epoch = EpochFromFullTransactionId(next);
+
+	if (xid >= XidFromFullTransactionId(next) && epoch > 0)
+		epoch--;
+	return FullTransactionIdFromEpochAndXid(epoch, xid);
+}
+
+/*
+ * CqrsDecodePublished
+ *		Read a message body that cqrs.publish wrote in database dboid,
+ *		in the transaction being decoded, whose top-level xid is xid.
+ *
+ * Returns NULL and fills msg when the body is one; otherwise returns why
+ * not, as a phrase for a message's detail.  The authentication code is
+ * checked before anything else in the body is looked at.  topic, key and
+ * payload point into the body; the payload is not parsed here, but by
+ * CqrsPublishedPayload as it writes it out again.
+ */
+const char *
+CqrsDecodePublished(const char *body, Size size, Oid dboid, TransactionId xid,
+					CqrsPublished *msg)
 {
 	const char *p = body;
-	const char *end = body + size;
+	const char *end;
 	int			encoding = GetDatabaseEncoding();
+	uint8		mac[PUBLISHED_MAC_LEN];
 	uint8		flags;
 	uint32		len;
 
-	if (size < PUBLISHED_HEADER + sizeof(uint32) || p[0] != PUBLISHED_VERSION)
-		return false;
+	if (size < PUBLISHED_HEADER + sizeof(uint32) + PUBLISHED_MAC_LEN)
+		return "It is too short to be one.";
+	if (p[0] != PUBLISHED_VERSION)
+		return "Its format version is not the one this pg_cqrs writes.";
+	end = body + size - PUBLISHED_MAC_LEN;
+	message_mac(dboid, decoded_full_xid(xid), body, end - body, mac);
+	if (timingsafe_bcmp(mac, end, PUBLISHED_MAC_LEN) != 0)
+		return "Its authentication code does not match its transaction.";
+
+	/*
+	 * Authenticated: cqrs.publish wrote it, in this transaction.  Checked
+	 * all the same, so that a bug cannot turn into reading out of bounds.
+	 */
 	flags = (uint8) p[1];
 	if ((flags & ~PUBLISHED_HAS_KEY) != 0)
-		return false;
+		return "Its flags are unknown.";
 	memcpy(msg->id.data, p + 2, UUID_LEN);
 	p += PUBLISHED_HEADER;
 
@@ -116,7 +268,7 @@ CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg)
 	p += sizeof(len);
 	if (len == 0 || len > end - p ||
 		pg_encoding_verifymbstr(encoding, p, len) != len)
-		return false;
+		return "Its topic is malformed.";
 	msg->topic = p;
 	msg->topic_len = len;
 	p += len;
@@ -126,12 +278,12 @@ CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg)
 	if (flags & PUBLISHED_HAS_KEY)
 	{
 		if (end - p < sizeof(len))
-			return false;
+			return "Its key is malformed.";
 		memcpy(&len, p, sizeof(len));
 		p += sizeof(len);
 		if (len > end - p ||
 			pg_encoding_verifymbstr(encoding, p, len) != len)
-			return false;
+			return "Its key is malformed.";
 		msg->key = p;
 		msg->key_len = len;
 		p += len;
@@ -139,16 +291,157 @@ CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg)
 
 	msg->payload = p;
 	msg->payload_len = end - p;
-	return msg->payload_len > 0 &&
-		pg_encoding_verifymbstr(encoding, p, msg->payload_len) == msg->payload_len &&
-		CqrsJsonIsValid(p, msg->payload_len, encoding);
+	if (msg->payload_len == 0)
+		return "Its payload is empty.";
+	return NULL;
+}
+
+/*
+ * A JSON text written out again, token by token: the JSON of a published
+ * message's payload.  The lexer checks the text and hands over each token
+ * (strings de-escaped); we write every token ourselves in jsonb's text
+ * layout ("{"a": 1, "b": [true, null]}"), escaping strings anew.  So the
+ * output is always one JSON value on one line, whatever the input's
+ * whitespace and escapes were; for what cqrs.publish writes (jsonb's output
+ * already) it is the same text.
+ */
+typedef struct ReemitState
+{
+	StringInfo	out;
+	bool		first;			/* no member or element yet in the current
+								 * object or array */
+} ReemitState;
+
+static CqrsJsonAction
+reemit_object_start(void *arg)
+{
+	ReemitState *rs = arg;
+
+	appendStringInfoCharMacro(rs->out, '{');
+	rs->first = true;
+	CQRS_JSON_ACTION_DONE;
+}
+
+static CqrsJsonAction
+reemit_object_end(void *arg)
+{
+	ReemitState *rs = arg;
+
+	appendStringInfoCharMacro(rs->out, '}');
+	rs->first = false;
+	CQRS_JSON_ACTION_DONE;
+}
+
+static CqrsJsonAction
+reemit_array_start(void *arg)
+{
+	ReemitState *rs = arg;
+
+	appendStringInfoCharMacro(rs->out, '[');
+	rs->first = true;
+	CQRS_JSON_ACTION_DONE;
+}
+
+static CqrsJsonAction
+reemit_array_end(void *arg)
+{
+	ReemitState *rs = arg;
+
+	appendStringInfoCharMacro(rs->out, ']');
+	rs->first = false;
+	CQRS_JSON_ACTION_DONE;
+}
+
+static CqrsJsonAction
+reemit_field_start(void *arg, char *fname, bool isnull)
+{
+	ReemitState *rs = arg;
+
+	if (!rs->first)
+		appendBinaryStringInfo(rs->out, ", ", 2);
+	rs->first = false;
+	escape_json(rs->out, fname);
+	appendBinaryStringInfo(rs->out, ": ", 2);
+	CQRS_JSON_ACTION_DONE;
+}
+
+static CqrsJsonAction
+reemit_element_start(void *arg, bool isnull)
+{
+	ReemitState *rs = arg;
+
+	if (!rs->first)
+		appendBinaryStringInfo(rs->out, ", ", 2);
+	rs->first = false;
+	CQRS_JSON_ACTION_DONE;
+}
+
+/*
+ * A scalar.  A number's token is the text the lexer matched against JSON's
+ * number grammar (digits, '-', '+', '.', 'e', 'E' only); true, false and
+ * null are written as literals.
+ */
+static CqrsJsonAction
+reemit_scalar(void *arg, char *token, JsonTokenType tokentype)
+{
+	ReemitState *rs = arg;
+
+	switch (tokentype)
+	{
+		case JSON_TOKEN_STRING:
+			escape_json(rs->out, token);
+			break;
+		case JSON_TOKEN_NUMBER:
+			appendStringInfoString(rs->out, token);
+			break;
+		case JSON_TOKEN_TRUE:
+			appendBinaryStringInfo(rs->out, "true", 4);
+			break;
+		case JSON_TOKEN_FALSE:
+			appendBinaryStringInfo(rs->out, "false", 5);
+			break;
+		default:
+			appendBinaryStringInfo(rs->out, "null", 4);
+			break;
+	}
+	CQRS_JSON_ACTION_DONE;
+}
+
+/*
+ * CqrsPublishedPayload
+ *		Append the payload of a decoded message to buf, written out again
+ *		(above).  False, with buf in an unspecified state, when it is not
+ *		valid JSON.
+ */
+bool
+CqrsPublishedPayload(const CqrsPublished *msg, StringInfo buf)
+{
+	ReemitState rs;
+	JsonSemAction sem;
+
+	memset(&sem, 0, sizeof(sem));
+	rs.out = buf;
+	rs.first = true;
+	sem.semstate = &rs;
+	sem.object_start = reemit_object_start;
+	sem.object_end = reemit_object_end;
+	sem.array_start = reemit_array_start;
+	sem.array_end = reemit_array_end;
+	sem.object_field_start = reemit_field_start;
+	sem.array_element_start = reemit_element_start;
+	sem.scalar = reemit_scalar;
+	return CqrsJsonParse(msg->payload, msg->payload_len, GetDatabaseEncoding(),
+						 true, &sem);
 }
 
 /*
  * cqrs.publish(topic text, payload jsonb, key text DEFAULT NULL) RETURNS pg_lsn
  *
  * Writes a transactional message for outbox consumers; returns its LSN.
- * Not STRICT: NULL arguments are errors (the key may be NULL).
+ * Not STRICT: NULL arguments are errors (the key may be NULL).  EXECUTE is
+ * the publish right (revoked from PUBLIC); the body is authenticated for
+ * this transaction (see the file header), which assigns it an xid if it
+ * has none yet -- writing the message would anyway.
  */
 Datum
 cqrs_publish(PG_FUNCTION_ARGS)
@@ -160,6 +453,7 @@ cqrs_publish(PG_FUNCTION_ARGS)
 	pg_uuid_t	id;
 	XLogRecPtr	lsn;
 	uint8		flags = 0;
+	uint8		mac[PUBLISHED_MAC_LEN];
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -225,6 +519,9 @@ cqrs_publish(PG_FUNCTION_ARGS)
 		appendBinaryStringInfo(&buf, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key));
 	}
 	(void) JsonbToCString(&buf, &payload->root, VARSIZE(payload));
+
+	message_mac(MyDatabaseId, GetTopFullTransactionId(), buf.data, buf.len, mac);
+	appendBinaryStringInfo(&buf, (const char *) mac, PUBLISHED_MAC_LEN);
 
 	lsn = CqrsLogLogicalMessage(CQRS_MESSAGE_PREFIX, buf.data, buf.len, true);
 	pfree(buf.data);
@@ -430,6 +727,8 @@ CqrsOutboxNoteDecoded(ReplicationSlot *slot, int *cache, XLogRecPtr end_lsn,
  * The highest event position the slot's consumer is known to have received
  * (or skipped by its filters), given the LSN it confirmed; NULL when not
  * known (library not preloaded, server restarted since, nothing decoded).
+ * The caller must be allowed to read cqrs.outbox_status or cqrs.events
+ * (42501 otherwise), checked before anything is looked at.
  */
 Datum
 cqrs_outbox_delivered(PG_FUNCTION_ARGS)
@@ -438,6 +737,18 @@ cqrs_outbox_delivered(PG_FUNCTION_ARGS)
 	XLogRecPtr	confirmed = PG_GETARG_LSN(1);
 	int64		delivered = -1;
 	int			i;
+	Oid			nspid = get_namespace_oid("cqrs", false);
+	Oid			view = get_relname_relid("outbox_status", nspid);
+	Oid			events = get_relname_relid("events", nspid);
+
+	if ((!OidIsValid(view) ||
+		 pg_class_aclcheck(view, GetUserId(), ACL_SELECT) != ACLCHECK_OK) &&
+		(!OidIsValid(events) ||
+		 pg_class_aclcheck(events, GetUserId(), ACL_SELECT) != ACLCHECK_OK))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for view outbox_status"),
+				 errhint("Grant pg_monitor, or SELECT on cqrs.outbox_status, to the role.")));
 
 	if (outbox == NULL)
 		PG_RETURN_NULL();

@@ -135,12 +135,14 @@ typedef struct CqrsPublished
 	int			topic_len;
 	const char *key;			/* NULL: no key */
 	int			key_len;
-	const char *payload;		/* JSON text, validated */
+	const char *payload;		/* JSON text, to be parsed by the reader */
 	int			payload_len;
 } CqrsPublished;
 
 struct ReplicationSlot;
-extern bool CqrsDecodePublished(const char *body, Size size, CqrsPublished *msg);
+extern const char *CqrsDecodePublished(const char *body, Size size, Oid dboid,
+									   TransactionId xid, CqrsPublished *msg);
+extern bool CqrsPublishedPayload(const CqrsPublished *msg, StringInfo buf);
 extern void CqrsOutboxShmemRequest(void);
 extern void CqrsOutboxShmemStartup(void);
 extern void CqrsOutboxForgetSlot(const char *name);

@@ -30,7 +30,7 @@ SELECT isnt_strict('cqrs', 'uncapture', ARRAY['regclass']);
 SELECT function_lang_is('cqrs', f, 'c', 'cqrs.' || f || ' is written in C')
   FROM unnest(ARRAY['capture', 'uncapture', 'capture_trigger', 'capture_dropped']::name[]) f;
 SELECT ok(has_function_privilege('public', 'cqrs.capture_trigger()', 'EXECUTE'),
-          'PUBLIC may execute the trigger function (it checks the catalog itself)');
+          'PUBLIC may execute the trigger function (it checks the catalog and its own trigger)');
 SELECT is((SELECT evtevent FROM pg_event_trigger WHERE evtname = 'cqrs_capture_dropped'),
           'sql_drop', 'an sql_drop event trigger forgets dropped tables');
 
