@@ -60,6 +60,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "access/xlogdefs.h"
+#include "nodes/parsenodes.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
@@ -114,6 +115,9 @@ typedef struct CqrsEventLogOids
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
 extern const CqrsEventLogOids *CqrsEventLog(void);
+extern void CqrsCheckEventLogPrivilege(AclMode mode);
+extern int	CqrsRestrictSearchPath(void);
+extern void CqrsRestoreSearchPath(int nestlevel);
 extern bool CqrsDigestsInstalled(void);
 extern void CqrsLockStream(const char *stream, int len);
 extern void CqrsLockEventId(const pg_uuid_t *id);
