@@ -240,6 +240,10 @@ extern TransactionId CqrsHorizonHolder(int64 position);
 extern int64 CqrsSafePosition(Relation events);
 
 /* append.c */
+/* length caps in bytes (54000 beyond); a stream must fit its btree index */
+#define CQRS_MAX_STREAM_LEN		1024
+#define CQRS_MAX_TYPE_LEN		256
+
 extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
 							 Jsonb *metadata, bool lock_stream);
 
