@@ -27,7 +27,9 @@
  * triggers on the log, such as those of sync projections, fire as for any
  * INSERT, and row-level security WITH CHECK policies apply to the caller.
  * The plans are prepared once per backend and kept; they are fully
- * qualified and run with search_path = pg_catalog, pg_temp.
+ * qualified and run with search_path = pg_catalog, pg_temp.  Just before
+ * executing one, we tell the guard (guard.c) that the next INSERT on the
+ * log is ours: every other INSERT or COPY by an ordinary role is refused.
  *
  * Limits.  A stream name takes at most CQRS_MAX_STREAM_LEN bytes, so that it
  * always fits the (stream, version) index, whose entries must fit a third
@@ -358,6 +360,30 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/*
+ * Run one of our INSERT plans, the only statement the guard lets through
+ * for an ordinary role (guard.c).  The permission is withdrawn afterwards
+ * even on error, in case the statement failed before the guard consumed
+ * it: a caught error must not leave the door open for the next INSERT.
+ */
+static int
+execute_insert(SPIPlanPtr plan, Datum *values, const char *nulls)
+{
+	volatile int rc = 0;
+
+	CqrsAllowAppendInsert();
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	}
+	PG_FINALLY();
+	{
+		CqrsEndAppendInsert();
+	}
+	PG_END_TRY();
+	return rc;
+}
+
 static Datum
 int8_array(int64 *values, int n)
 {
@@ -404,7 +430,7 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 		values[4] = PointerGetDatum(evs[0].type);
 		values[5] = JsonbPGetDatum(evs[0].data);
 		values[6] = JsonbPGetDatum(evs[0].metadata);
-		rc = SPI_execute_plan(insert_one_plan, values, nulls, false, 0);
+		rc = execute_insert(insert_one_plan, values, nulls);
 	}
 	else
 	{
@@ -443,7 +469,7 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 		values[4] = PointerGetDatum(construct_array(types, n, TEXTOID, -1, false, TYPALIGN_INT));
 		values[5] = PointerGetDatum(construct_array(datas, n, JSONBOID, -1, false, TYPALIGN_INT));
 		values[6] = PointerGetDatum(construct_array(metas, n, JSONBOID, -1, false, TYPALIGN_INT));
-		rc = SPI_execute_plan(insert_many_plan, values, nulls, false, 0);
+		rc = execute_insert(insert_many_plan, values, nulls);
 	}
 
 	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)

@@ -83,6 +83,10 @@ extern int	cqrs_max_event_size;
 extern int	cqrs_batch_size;
 extern int	cqrs_naptime;
 
+/* guard.c */
+extern void CqrsAllowAppendInsert(void);
+extern void CqrsEndAppendInsert(void);
+
 /* wakeup.c */
 extern void CqrsWakeupShmemRequest(void);
 extern void CqrsWakeupShmemStartup(void);
