@@ -43,7 +43,7 @@
  *	outbox.c			cqrs.publish, the message format, outbox_status
  *	eventlog.c			the log's relations: OIDs, stream locks, index probes
  *	wakeup.c			latches and the progress condition variable
- *	guard.c				the trigger that keeps cqrs.events append-only
+ *	guard.c				the guards of cqrs.events: append-only, written only by append
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
