@@ -4,6 +4,11 @@
  *		cqrs.append and cqrs.append_events: versioned, idempotent appends.
  *
  * An append, in order:
+ *	 0. checks that the caller may append (INSERT on cqrs.events: a table
+ *		privilege, so \dp, GRANT, REVOKE and role membership work as for any
+ *		table) and that the transaction may write.  First thing: a refused
+ *		caller learns nothing (no version, no "which stream holds this id")
+ *		and burns no position;
  *	 1. validates every argument; bad input is an error before anything is
  *		locked or written;
  *	 2. locks the stream (eventlog.c), so that appends to one stream run one
@@ -20,7 +25,17 @@
  *
  * Inserting goes through the executor (SPI) rather than heap_insert so that
  * triggers on the log, such as those of sync projections, fire as for any
- * INSERT.  The plans are prepared once per backend and kept.
+ * INSERT, and row-level security WITH CHECK policies apply to the caller.
+ * The plans are prepared once per backend and kept; they are fully
+ * qualified and run with search_path = pg_catalog, pg_temp.  Just before
+ * executing one, we tell the guard (guard.c) that the next INSERT on the
+ * log is ours: every other INSERT or COPY by an ordinary role is refused.
+ *
+ * Limits.  A stream name takes at most CQRS_MAX_STREAM_LEN bytes, so that it
+ * always fits the (stream, version) index, whose entries must fit a third
+ * of a page even when the name does not compress; a type at most
+ * CQRS_MAX_TYPE_LEN.  cqrs.max_event_size bounds the uncompressed size of
+ * the stream, type, data and metadata together.  All three raise 54000.
  *
  * Under REPEATABLE READ or SERIALIZABLE, a head newer than the transaction
  * snapshot means another transaction appended to the stream since ours
@@ -42,11 +57,13 @@
 #include "access/xact.h"
 #include "access/detoast.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/array.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
@@ -82,6 +99,36 @@ static SPIPlanPtr insert_many_plan = NULL;
  * Validation
  * ----------------------------------------------------------------
  */
+
+/*
+ * What any append checks first, before it looks at its arguments: that the
+ * current user may append (INSERT on cqrs.events, 42501) and that the
+ * transaction may write (25006, naming the function rather than the
+ * nextval() or INSERT it would otherwise fail in).
+ */
+static void
+check_may_append(const char *function)
+{
+	CqrsCheckEventLogPrivilege(ACL_INSERT);
+	PreventCommandDuringRecovery(function);
+	PreventCommandIfReadOnly(function);
+}
+
+/*
+ * A stream or type: at most maxlen bytes (54000).  what names it in
+ * messages; where, the event.
+ */
+static void
+check_name_length(text *t, int maxlen, const char *what)
+{
+	int			len = VARSIZE_ANY_EXHDR(t);
+
+	if (len > maxlen)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too long", what),
+				 errdetail("It takes %d bytes; the limit is %d bytes.", len, maxlen)));
+}
 
 static text *
 check_name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
@@ -152,17 +199,26 @@ check_metadata(Jsonb *metadata, const char *where)
 	return metadata;
 }
 
+/*
+ * The type's length cap, and cqrs.max_event_size over the uncompressed
+ * sizes of the event's stream, type, data and metadata.  The stream's own
+ * cap is checked once per append, by the caller.
+ */
 static void
-check_event_size(NewEvent *ev, const char *where)
+check_event_size(text *stream, NewEvent *ev, const char *where)
 {
-	Size		size = toast_raw_datum_size(PointerGetDatum(ev->data)) +
+	Size		size;
+
+	check_name_length(ev->type, CQRS_MAX_TYPE_LEN, "type");
+	size = VARSIZE_ANY_EXHDR(stream) + VARSIZE_ANY_EXHDR(ev->type) +
+		toast_raw_datum_size(PointerGetDatum(ev->data)) +
 		toast_raw_datum_size(PointerGetDatum(ev->metadata));
 
 	if (size > (Size) cqrs_max_event_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("%s is too large", where),
-				 errdetail("Its data and metadata take %zu bytes, more than cqrs.max_event_size (%d bytes).",
+				 errdetail("Its stream, type, data and metadata take %zu bytes, more than cqrs.max_event_size (%d bytes).",
 						   size, cqrs_max_event_size)));
 }
 
@@ -205,7 +261,7 @@ looks_like_uuid(const char *s, int len)
  * Parse element n (1-based, for messages) of the events array into ev.
  */
 static void
-parse_event(JsonbValue *elem, int n, NewEvent *ev)
+parse_event(text *stream, JsonbValue *elem, int n, NewEvent *ev)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -283,7 +339,7 @@ parse_event(JsonbValue *elem, int n, NewEvent *ev)
 
 	snprintf(where, sizeof(where), "event %d in events", n);
 	ev->metadata = check_metadata(ev->metadata, where);
-	check_event_size(ev, where);
+	check_event_size(stream, ev, where);
 }
 
 /* ----------------------------------------------------------------
@@ -302,6 +358,30 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	if (SPI_keepplan(plan) != 0)
 		elog(ERROR, "pg_cqrs: SPI_keepplan failed");
 	return plan;
+}
+
+/*
+ * Run one of our INSERT plans, the only statement the guard lets through
+ * for an ordinary role (guard.c).  The permission is withdrawn afterwards
+ * even on error, in case the statement failed before the guard consumed
+ * it: a caught error must not leave the door open for the next INSERT.
+ */
+static int
+execute_insert(SPIPlanPtr plan, Datum *values, const char *nulls)
+{
+	volatile int rc = 0;
+
+	CqrsAllowAppendInsert();
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	}
+	PG_FINALLY();
+	{
+		CqrsEndAppendInsert();
+	}
+	PG_END_TRY();
+	return rc;
 }
 
 static Datum
@@ -323,9 +403,11 @@ static void
 insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versions)
 {
 	int			rc;
+	int			nestlevel;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	nestlevel = CqrsRestrictSearchPath();
 
 	if (n == 1)
 	{
@@ -348,7 +430,7 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 		values[4] = PointerGetDatum(evs[0].type);
 		values[5] = JsonbPGetDatum(evs[0].data);
 		values[6] = JsonbPGetDatum(evs[0].metadata);
-		rc = SPI_execute_plan(insert_one_plan, values, nulls, false, 0);
+		rc = execute_insert(insert_one_plan, values, nulls);
 	}
 	else
 	{
@@ -387,12 +469,13 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 		values[4] = PointerGetDatum(construct_array(types, n, TEXTOID, -1, false, TYPALIGN_INT));
 		values[5] = PointerGetDatum(construct_array(datas, n, JSONBOID, -1, false, TYPALIGN_INT));
 		values[6] = PointerGetDatum(construct_array(metas, n, JSONBOID, -1, false, TYPALIGN_INT));
-		rc = SPI_execute_plan(insert_many_plan, values, nulls, false, 0);
+		rc = execute_insert(insert_many_plan, values, nulls);
 	}
 
 	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) n)
 		elog(ERROR, "pg_cqrs: inserting %d events failed: %s",
 			 n, SPI_result_code_string(rc));
+	CqrsRestoreSearchPath(nestlevel);
 	SPI_finish();
 }
 
@@ -595,9 +678,10 @@ append_to_stream(text *stream, NewEvent *evs, int n,
  *
  * For callers inside the extension that build events themselves (the
  * capture triggers of capture.c).  The event gets the same checks as one
- * given to cqrs.append: non-empty stream and type, metadata an object (NULL
- * means {}), and cqrs.max_event_size.  Memory is allocated in the caller's
- * context; privileges on cqrs.events are those of the current user id.
+ * given to cqrs.append: INSERT on cqrs.events for the current user id
+ * (capture appends as the captured table's owner), non-empty stream and
+ * type within their length caps, metadata an object (NULL means {}), and
+ * cqrs.max_event_size.  Memory is allocated in the caller's context.
  *
  * lock_stream false skips the stream lock.  The lock is a transaction-level
  * lock per stream, so a transaction appending to many streams holds as many
@@ -616,6 +700,7 @@ CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata,
 {
 	NewEvent	ev;
 
+	check_may_append("cqrs.append()");
 	if (stream == NULL || VARSIZE_ANY_EXHDR(stream) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -629,11 +714,13 @@ CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("data must not be null")));
 
+	stream = pg_detoast_datum_packed(stream);
+	check_name_length(stream, CQRS_MAX_STREAM_LEN, "stream name");
 	memset(&ev, 0, sizeof(ev));
-	ev.type = type;
+	ev.type = pg_detoast_datum_packed(type);
 	ev.data = data;
 	ev.metadata = check_metadata(metadata, "the event");
-	check_event_size(&ev, "the event");
+	check_event_size(stream, &ev, "the event");
 
 	return append_to_stream(stream, &ev, 1, false, 0, lock_stream).position;
 }
@@ -703,11 +790,14 @@ append_srf(FunctionCallInfo fcinfo, AppendResult (*work) (FunctionCallInfo))
 static AppendResult
 append_one(FunctionCallInfo fcinfo)
 {
-	text	   *stream = check_name_arg(fcinfo, 0, "stream");
+	text	   *stream;
 	NewEvent	ev;
 	bool		has_expected;
 	int64		expected = 0;
 
+	check_may_append("cqrs.append()");
+	stream = check_name_arg(fcinfo, 0, "stream");
+	check_name_length(stream, CQRS_MAX_STREAM_LEN, "stream name");
 	memset(&ev, 0, sizeof(ev));
 	ev.type = check_name_arg(fcinfo, 1, "type");
 	if (PG_ARGISNULL(2) || jsonb_is_null(PG_GETARG_JSONB_P(2)))
@@ -723,7 +813,7 @@ append_one(FunctionCallInfo fcinfo)
 		memcpy(&ev.id, PG_GETARG_UUID_P(5), sizeof(pg_uuid_t));
 		ev.has_id = true;
 	}
-	check_event_size(&ev, "the event");
+	check_event_size(stream, &ev, "the event");
 
 	return append_to_stream(stream, &ev, 1, has_expected, expected, true);
 }
@@ -731,12 +821,16 @@ append_one(FunctionCallInfo fcinfo)
 static AppendResult
 append_many(FunctionCallInfo fcinfo)
 {
-	text	   *stream = check_name_arg(fcinfo, 0, "stream");
+	text	   *stream;
 	Jsonb	   *batch;
 	NewEvent   *evs;
 	int			n;
 	bool		has_expected;
 	int64		expected = 0;
+
+	check_may_append("cqrs.append_events()");
+	stream = check_name_arg(fcinfo, 0, "stream");
+	check_name_length(stream, CQRS_MAX_STREAM_LEN, "stream name");
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -760,7 +854,7 @@ append_many(FunctionCallInfo fcinfo)
 	{
 		JsonbValue *elem = getIthJsonbValueFromContainer(&batch->root, i);
 
-		parse_event(elem, i + 1, &evs[i]);
+		parse_event(stream, elem, i + 1, &evs[i]);
 	}
 
 	return append_to_stream(stream, evs, n, has_expected, expected, true);

@@ -18,6 +18,17 @@
  * locks and never wait on each other, except in the 2^-64 case of a hash
  * collision, which would only serialise two streams, never break them.
  *
+ * Privileges.  The SQL entry points act as the caller and check what
+ * PostgreSQL would check for the equivalent plain SQL, first thing, before
+ * they look anything up: appending needs INSERT on cqrs.events, reading
+ * needs SELECT (CqrsCheckEventLogPrivilege).  The check is one syscache
+ * lookup, cheap enough for every append.
+ *
+ * Internal SQL.  The statements the log's functions run through SPI are
+ * fully qualified (schemas, OPERATOR(pg_catalog.x), pg_catalog functions)
+ * and run with search_path = pg_catalog, pg_temp (CqrsRestrictSearchPath),
+ * so no object another role created can stand in for one they name.
+ *
  * Copyright (c) 2026, pg_cqrs developers
  *
  * IDENTIFICATION
@@ -39,8 +50,10 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -166,6 +179,75 @@ CqrsOpenEventLog(LOCKMODE lockmode)
 			table_close(rel, lockmode);
 		eventlog_oids_valid = false;
 	}
+}
+
+/*
+ * CqrsCheckEventLogPrivilege
+ *		Raise "permission denied for table events" (42501) unless the current
+ *		user may do what mode says (ACL_INSERT to append, ACL_SELECT to read)
+ *		on cqrs.events, as a plain INSERT or SELECT * would require: the
+ *		right on the table, or on every one of its columns.
+ *
+ * Called before any lock, lookup or nextval, so a refused caller learns
+ * nothing and takes nothing.  Takes no lock itself: a stale cached OID
+ * (the extension was re-created by another session) shows as a missing
+ * relation, and then the OIDs are looked up again.
+ */
+void
+CqrsCheckEventLogPrivilege(AclMode mode)
+{
+	Oid			userid = GetUserId();
+
+	for (int attempt = 0;; attempt++)
+	{
+		Oid			relid = CqrsEventLog()->events;
+		bool		missing = false;
+		AclResult	result = pg_class_aclcheck_ext(relid, userid, mode, &missing);
+
+		if (missing)
+		{
+			if (attempt > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_TABLE),
+						 errmsg("relation \"cqrs.events\" does not exist")));
+			eventlog_oids_valid = false;
+			continue;
+		}
+		if (result == ACLCHECK_OK)
+			return;
+		/* the slow path: column privileges, only for the refused */
+		if (pg_attribute_aclcheck_all(relid, userid, mode, ACLMASK_ALL) == ACLCHECK_OK)
+			return;
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
+	}
+}
+
+/*
+ * CqrsRestrictSearchPath
+ *		Set search_path to pg_catalog, pg_temp for the internal SQL that
+ *		follows, in a new GUC nest level; returns the level to give to
+ *		CqrsRestoreSearchPath.  An error unwinds it with the transaction or
+ *		subtransaction, like any SET LOCAL.
+ */
+int
+CqrsRestrictSearchPath(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
+ * CqrsRestoreSearchPath
+ *		Undo CqrsRestrictSearchPath.
+ */
+void
+CqrsRestoreSearchPath(int nestlevel)
+{
+	AtEOXact_GUC(true, nestlevel);
 }
 
 /*

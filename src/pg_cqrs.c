@@ -55,8 +55,8 @@ void
 _PG_init(void)
 {
 	DefineCustomIntVariable("cqrs.max_event_size",
-							"Largest event accepted by cqrs.append, counting data and metadata.",
-							"Measured on the uncompressed size of the event's data plus its metadata.",
+							"Largest event accepted by cqrs.append, counting stream, type, data and metadata.",
+							"Measured on the uncompressed size of the event's stream name, type, data and metadata together.",
 							&cqrs_max_event_size,
 							16 * 1024 * 1024,
 							1,

@@ -43,7 +43,7 @@
  *	outbox.c			cqrs.publish, the message format, outbox_status
  *	eventlog.c			the log's relations: OIDs, stream locks, index probes
  *	wakeup.c			latches and the progress condition variable
- *	guard.c				the trigger that keeps cqrs.events append-only
+ *	guard.c				the guards of cqrs.events: append-only, written only by append
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -60,6 +60,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "access/xlogdefs.h"
+#include "nodes/parsenodes.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
@@ -82,6 +83,10 @@ extern int	cqrs_max_event_size;
 extern int	cqrs_batch_size;
 extern int	cqrs_naptime;
 extern int	cqrs_handler_timeout;
+
+/* guard.c */
+extern void CqrsAllowAppendInsert(void);
+extern void CqrsEndAppendInsert(void);
 
 /* wakeup.c */
 extern void CqrsWakeupShmemRequest(void);
@@ -115,6 +120,9 @@ typedef struct CqrsEventLogOids
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
 extern const CqrsEventLogOids *CqrsEventLog(void);
+extern void CqrsCheckEventLogPrivilege(AclMode mode);
+extern int	CqrsRestrictSearchPath(void);
+extern void CqrsRestoreSearchPath(int nestlevel);
 extern bool CqrsDigestsInstalled(void);
 extern void CqrsLockStream(const char *stream, int len);
 extern void CqrsLockEventId(const pg_uuid_t *id);
@@ -248,6 +256,10 @@ extern TransactionId CqrsHorizonHolder(int64 position);
 extern int64 CqrsSafePosition(Relation events);
 
 /* append.c */
+/* length caps in bytes (54000 beyond); a stream must fit its btree index */
+#define CQRS_MAX_STREAM_LEN		1024
+#define CQRS_MAX_TYPE_LEN		256
+
 extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
 							 Jsonb *metadata, bool lock_stream);
 

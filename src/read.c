@@ -15,6 +15,25 @@
  * stream is not held in memory twice (tuplestores spill to disk past
  * work_mem).
  *
+ * Privileges.  The readers run as the caller and answer exactly what a
+ * SELECT on cqrs.events would: first they require SELECT on it (42501,
+ * before anything is looked up), then they ask check_enable_rls() whether
+ * row-level security applies to the caller.  When it does not (no policy,
+ * the owner, BYPASSRLS), the index scans above return every row, as a
+ * SELECT would.  When it does, the same question is asked in SQL through
+ * SPI, so that the planner adds the policies' quals: the same rows a
+ * SELECT would return, read with the same snapshot as the fast path (the
+ * statement's, or for read_all the one taken after the safe position),
+ * through a cursor into the same tuplestore.  With row_security = off,
+ * check_enable_rls() raises the error a SELECT would.  The SQL is fully
+ * qualified and runs with search_path = pg_catalog, pg_temp; the
+ * policies' own expressions were resolved when they were created.
+ *
+ * safe_position needs SELECT too; it reveals a position, never a row, and
+ * is the same for every reader (the checkpoint a consumer may advance to).
+ * Under RLS a filtered reader sees gaps where hidden events are, exactly
+ * as a SELECT ... ORDER BY position would show them.
+ *
  * Copyright (c) 2026, pg_cqrs developers
  *
  * IDENTIFICATION
@@ -31,6 +50,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -39,6 +59,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 
 #include "compat.h"
@@ -69,6 +90,93 @@ cqrs_category(PG_FUNCTION_ARGS)
 	const char *s = VARDATA_ANY(stream);
 
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(s, category_len(s, VARSIZE_ANY_EXHDR(stream))));
+}
+
+/* Kept plans of the row-level security path, one per reader. */
+static SPIPlanPtr stream_version_plan = NULL;
+static SPIPlanPtr read_stream_plan = NULL;
+static SPIPlanPtr read_all_plan = NULL;
+
+/* Rows fetched from the cursor of the row-level security path at a time */
+#define RLS_FETCH_ROWS 1000
+
+/*
+ * What every reader checks first: SELECT on cqrs.events (42501).  Returns
+ * whether row-level security applies to the current user's reads of it,
+ * raising the error a SELECT would where row_security = off and a policy
+ * would apply.
+ */
+static bool
+check_may_read(void)
+{
+	CqrsCheckEventLogPrivilege(ACL_SELECT);
+	return check_enable_rls(CqrsEventLog()->events, InvalidOid, false) == RLS_ENABLED;
+}
+
+/*
+ * Prepare and keep one of the plans of the row-level security path.  The
+ * plan cache re-plans it when the user or row_security changes, since the
+ * policies it applies depend on both.  Called SPI-connected.
+ */
+static SPIPlanPtr
+prepare_kept(SPIPlanPtr *planp, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*planp == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "pg_cqrs: SPI_prepare failed for \"%s\": %s",
+				 sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "pg_cqrs: SPI_keepplan failed");
+		*planp = plan;
+	}
+	return *planp;
+}
+
+/*
+ * The row-level security path of read_stream and read_all: run the kept
+ * plan *planp (prepared from sql on first use) with the given parameters
+ * through a read-only cursor, with snapshot, or the active snapshot when it
+ * is NULL, and put every row it returns into the function's tuplestore.
+ * The cursor fetches RLS_FETCH_ROWS rows at a time, so a long result is
+ * never held whole in SPI memory.
+ */
+static void
+read_with_policies(ReturnSetInfo *rsinfo, SPIPlanPtr *planp, const char *sql,
+				   int nargs, Oid *argtypes, Datum *values, const char *nulls,
+				   Snapshot snapshot)
+{
+	Portal		portal;
+	int			nestlevel;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	nestlevel = CqrsRestrictSearchPath();
+	prepare_kept(planp, sql, nargs, argtypes);
+
+	/* a read-only cursor runs with the active snapshot, kept until closed */
+	if (snapshot != NULL)
+		PushActiveSnapshot(snapshot);
+	portal = SPI_cursor_open(NULL, *planp, values, nulls, true);
+	if (snapshot != NULL)
+		PopActiveSnapshot();
+
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, RLS_FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+			tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+
+	CqrsRestoreSearchPath(nestlevel);
+	SPI_finish();
 }
 
 static text *
@@ -106,11 +214,47 @@ max_count_arg(FunctionCallInfo fcinfo, int argno)
 Datum
 cqrs_stream_version(PG_FUNCTION_ARGS)
 {
+	bool		rls = check_may_read();
 	text	   *stream = stream_arg(fcinfo);
-	Relation	events = CqrsOpenEventLog(AccessShareLock);
+	Relation	events;
 	int64		version,
 				position;
 
+	if (rls)
+	{
+		/* the highest version of the stream the policies let us see */
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		values[1] = {PointerGetDatum(stream)};
+		int			nestlevel;
+		int			rc;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "pg_cqrs: SPI_connect failed");
+		nestlevel = CqrsRestrictSearchPath();
+		prepare_kept(&stream_version_plan,
+					 "SELECT e.version FROM cqrs.events e"
+					 " WHERE e.stream OPERATOR(pg_catalog.=) $1"
+					 " ORDER BY e.version DESC LIMIT 1",
+					 1, argtypes);
+		rc = SPI_execute_plan(stream_version_plan, values, NULL, true, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "pg_cqrs: reading the version of a stream failed: %s",
+				 SPI_result_code_string(rc));
+		version = 0;
+		if (SPI_processed > 0)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										  1, &isnull);
+
+			version = isnull ? 0 : DatumGetInt64(d);
+		}
+		CqrsRestoreSearchPath(nestlevel);
+		SPI_finish();
+		PG_RETURN_INT64(version);
+	}
+
+	events = CqrsOpenEventLog(AccessShareLock);
 	CqrsStreamHead(events, stream, GetActiveSnapshot(), &version, &position);
 	table_close(events, NoLock);
 	PG_RETURN_INT64(version);
@@ -126,6 +270,7 @@ Datum
 cqrs_read_stream(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		rls = check_may_read();
 	text	   *stream = stream_arg(fcinfo);
 	int64		from = PG_ARGISNULL(1) ? 1 : PG_GETARG_INT64(1);
 	int64		limit = max_count_arg(fcinfo, 2);
@@ -142,6 +287,21 @@ cqrs_read_stream(PG_FUNCTION_ARGS)
 				 errmsg("from_version must not be negative")));
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	if (rls)
+	{
+		Oid			argtypes[3] = {TEXTOID, INT8OID, INT8OID};
+		Datum		values[3] = {PointerGetDatum(stream), Int64GetDatum(from),
+		Int64GetDatum(limit)};
+
+		read_with_policies(rsinfo, &read_stream_plan,
+						   "SELECT e.* FROM cqrs.events e"
+						   " WHERE e.stream OPERATOR(pg_catalog.=) $1"
+						   " AND e.version OPERATOR(pg_catalog.>=) $2"
+						   " ORDER BY e.version LIMIT $3",
+						   3, argtypes, values, NULL, NULL);
+		return (Datum) 0;
+	}
 
 	events = CqrsOpenEventLog(AccessShareLock);
 	index = index_open(CqrsEventLog()->stream_version_idx, AccessShareLock);
@@ -221,6 +381,7 @@ Datum
 cqrs_read_all(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		rls = check_may_read();
 	int64		after = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
 	int64		limit = max_count_arg(fcinfo, 1);
 	NameFilter *categories = filter_arg(fcinfo, 2);
@@ -251,6 +412,40 @@ cqrs_read_all(PG_FUNCTION_ARGS)
 
 	/* Only a snapshot taken after the safe position shows all below it. */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
+
+	if (rls)
+	{
+		/*
+		 * The filters in SQL: split_part(stream, '-', 1) is the category, as
+		 * category_len computes it; "= ANY" ignores NULL elements as
+		 * filter_match does.
+		 */
+		Oid			argtypes[5] = {INT8OID, INT8OID, TEXTARRAYOID, TEXTARRAYOID, INT8OID};
+		Datum		values[5];
+		char		nulls[5] = "     ";
+
+		values[0] = Int64GetDatum(after);
+		values[1] = Int64GetDatum(safe);
+		values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+		nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+		values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+		nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
+		values[4] = Int64GetDatum(limit);
+
+		read_with_policies(rsinfo, &read_all_plan,
+						   "SELECT e.* FROM cqrs.events e"
+						   " WHERE e.\"position\" OPERATOR(pg_catalog.>) $1"
+						   " AND e.\"position\" OPERATOR(pg_catalog.<=) $2"
+						   " AND ($3 IS NULL OR pg_catalog.split_part(e.stream, '-', 1)"
+						   "  OPERATOR(pg_catalog.=) ANY ($3))"
+						   " AND ($4 IS NULL OR e.type OPERATOR(pg_catalog.=) ANY ($4))"
+						   " ORDER BY e.\"position\" LIMIT $5",
+						   5, argtypes, values, nulls, snapshot);
+		UnregisterSnapshot(snapshot);
+		table_close(events, NoLock);
+		return (Datum) 0;
+	}
+
 	index = index_open(CqrsEventLog()->position_idx, AccessShareLock);
 	ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
 	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(safe));
@@ -301,8 +496,12 @@ cqrs_read_all(PG_FUNCTION_ARGS)
 Datum
 cqrs_safe_position(PG_FUNCTION_ARGS)
 {
-	Relation	events = CqrsOpenEventLog(AccessShareLock);
-	int64		safe = CqrsSafePosition(events);
+	Relation	events;
+	int64		safe;
+
+	CqrsCheckEventLogPrivilege(ACL_SELECT);
+	events = CqrsOpenEventLog(AccessShareLock);
+	safe = CqrsSafePosition(events);
 
 	table_close(events, NoLock);
 	PG_RETURN_INT64(safe);

@@ -10,7 +10,9 @@
 #     tables too;
 #   - restoring the log applied nothing a second time: the read tables
 #     (restored as ordinary tables) equal those of the source;
-#   - both projections go on applying new events exactly once.
+#   - both projections go on applying new events exactly once;
+#   - a data-only restore of the log into a fresh extension works too
+#     (the INSERT guard lets the restoring superuser through).
 
 use strict;
 use warnings;
@@ -105,6 +107,24 @@ is( $node->safe_psql(
 		q{SELECT count(*) FROM cqrs.events e
 		   WHERE e.type <> 'Poison' AND NOT EXISTS (SELECT FROM app.applied a WHERE a."position" = e."position")}),
 	'0', 'every event but the skipped one is applied');
+
+# A data-only restore of the log into a database where the extension was
+# just created (0.4.0: the INSERT guard lets the restoring superuser's COPY
+# through, as it refuses an ordinary role's).
+$node->safe_psql('postgres', 'CREATE DATABASE data_only');
+$node->safe_psql('data_only', 'CREATE EXTENSION pg_cqrs');
+$node->command_ok(
+	[
+		'pg_restore', '--data-only', '-n', 'cqrs', '-t', 'events', '-t', 'events_position_seq',
+		'-d', $node->connstr('data_only'), $dump
+	],
+	'pg_restore --data-only of the log');
+is($node->safe_psql('data_only', sprintf($compare, 'cqrs.events')),
+	$node->safe_psql('source', sprintf($compare, 'cqrs.events')),
+	'the data-only restore brings the log back as it was');
+$pos = $node->safe_psql('data_only',
+	q{SELECT "position" FROM cqrs.append('order-1', 'Placed', '{}')});
+cmp_ok($pos, '>', $max, 'and appends continue above its positions');
 
 $node->stop;
 done_testing();
