@@ -402,11 +402,8 @@ check_category(FunctionCallInfo fcinfo, Relation rel)
 static int
 spi_connect(void)
 {
-	int			nestlevel = NewGUCNestLevel();
+	int			nestlevel = CqrsRestrictSearchPath();
 
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "pg_cqrs: SPI_connect failed");
 	return nestlevel;
@@ -416,7 +413,7 @@ static void
 spi_finish(int nestlevel)
 {
 	SPI_finish();
-	AtEOXact_GUC(true, nestlevel);
+	CqrsRestoreSearchPath(nestlevel);
 }
 
 static void

@@ -223,34 +223,6 @@ CqrsCheckEventLogPrivilege(AclMode mode)
 }
 
 /*
- * CqrsRestrictSearchPath
- *		Set search_path to pg_catalog, pg_temp for the internal SQL that
- *		follows, in a new GUC nest level; returns the level to give to
- *		CqrsRestoreSearchPath.  An error unwinds it with the transaction or
- *		subtransaction, like any SET LOCAL.
- */
-int
-CqrsRestrictSearchPath(void)
-{
-	int			nestlevel = NewGUCNestLevel();
-
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	return nestlevel;
-}
-
-/*
- * CqrsRestoreSearchPath
- *		Undo CqrsRestrictSearchPath.
- */
-void
-CqrsRestoreSearchPath(int nestlevel)
-{
-	AtEOXact_GUC(true, nestlevel);
-}
-
-/*
  * CqrsLockStream
  *		Take the stream's append lock until the end of the transaction.
  */

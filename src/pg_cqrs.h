@@ -121,8 +121,6 @@ typedef struct CqrsEventLogOids
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
 extern const CqrsEventLogOids *CqrsEventLog(void);
 extern void CqrsCheckEventLogPrivilege(AclMode mode);
-extern int	CqrsRestrictSearchPath(void);
-extern void CqrsRestoreSearchPath(int nestlevel);
 extern bool CqrsDigestsInstalled(void);
 extern void CqrsLockStream(const char *stream, int len);
 extern void CqrsLockEventId(const pg_uuid_t *id);
@@ -177,6 +175,8 @@ typedef struct CqrsOwnerScope
 	int			save_nestlevel;
 } CqrsOwnerScope;
 
+extern int	CqrsRestrictSearchPath(void);
+extern void CqrsRestoreSearchPath(int nestlevel);
 extern void CqrsCatalogScopeEnter(CqrsCatalogScope *scope);
 extern void CqrsCatalogScopeLeave(CqrsCatalogScope *scope);
 extern void CqrsOwnerScopeEnter(Oid owner, const char *search_path, CqrsOwnerScope *scope);

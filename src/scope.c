@@ -44,6 +44,34 @@
 #include "pg_cqrs.h"
 
 /*
+ * CqrsRestrictSearchPath
+ *		Set search_path to CQRS_INTERNAL_SEARCH_PATH for the internal SQL that
+ *		follows, in a new GUC nest level; returns the level to give to
+ *		CqrsRestoreSearchPath.  An error unwinds it with the transaction or
+ *		subtransaction, like any SET LOCAL.
+ */
+int
+CqrsRestrictSearchPath(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", CQRS_INTERNAL_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
+ * CqrsRestoreSearchPath
+ *		Undo CqrsRestrictSearchPath.
+ */
+void
+CqrsRestoreSearchPath(int nestlevel)
+{
+	AtEOXact_GUC(true, nestlevel);
+}
+
+/*
  * The catalog is read and written as its owner (the extension's owner), not
  * as the caller: an application role that may append must not need
  * privileges on cqrs.projections, nor on the schemas of other roles'
@@ -66,16 +94,13 @@ CqrsCatalogScopeEnter(CqrsCatalogScope *scope)
 
 	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
 	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	scope->save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", CQRS_INTERNAL_SEARCH_PATH,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	scope->save_nestlevel = CqrsRestrictSearchPath();
 }
 
 void
 CqrsCatalogScopeLeave(CqrsCatalogScope *scope)
 {
-	AtEOXact_GUC(false, scope->save_nestlevel);
+	CqrsRestoreSearchPath(scope->save_nestlevel);
 	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
 }
 
