@@ -245,3 +245,40 @@ DROP TABLE public.hijacks;
 DROP EXTENSION pg_cqrs;
 REVOKE CREATE ON SCHEMA public FROM regress_stranger;
 DROP ROLE regress_t1, regress_t2, regress_stranger, regress_operator, regress_reader;
+
+--
+-- Upgrading from 0.3.0: a projection 0.4.0 would refuse is paused, with a
+-- WARNING saying why; one that complies keeps running.
+--
+CREATE ROLE regress_creator;
+CREATE ROLE regress_coder;
+CREATE EXTENSION pg_cqrs VERSION '0.3.0';
+GRANT USAGE ON SCHEMA cqrs TO regress_creator;
+GRANT INSERT ON cqrs.events TO regress_creator;
+GRANT EXECUTE ON FUNCTION cqrs.create_projection(text, regproc, text, regclass[], text[], text[], boolean)
+    TO regress_creator;
+CREATE TABLE public.up_rm (position bigint PRIMARY KEY);
+ALTER TABLE public.up_rm OWNER TO regress_creator;
+-- 0.3.0 let the creator use a handler somebody else owns (and may
+-- change): here the creator's handler is given away after creation
+CREATE FUNCTION public.up_foreign(e cqrs.events) RETURNS void LANGUAGE sql AS
+    'INSERT INTO public.up_rm VALUES (e.position)';
+CREATE FUNCTION public.up_own(e cqrs.events) RETURNS void LANGUAGE sql AS 'SELECT';
+ALTER FUNCTION public.up_foreign(cqrs.events) OWNER TO regress_creator;
+ALTER FUNCTION public.up_own(cqrs.events) OWNER TO regress_creator;
+SET ROLE regress_creator;
+SELECT cqrs.create_projection('up_foreign', 'public.up_foreign', 'sync', '{public.up_rm}');
+SELECT cqrs.create_projection('up_own', 'public.up_own', 'sync');
+RESET ROLE;
+SELECT version FROM cqrs.append('up-1', 'Before', '{}');
+ALTER FUNCTION public.up_foreign(cqrs.events) OWNER TO regress_coder;
+ALTER EXTENSION pg_cqrs UPDATE TO '0.4.0';
+SELECT name, state, owner FROM cqrs.projections ORDER BY name;
+-- appends go on; the paused one applies nothing until its owner fixes it
+SELECT version FROM cqrs.append('up-1', 'After', '{}');
+SELECT count(*) AS applied FROM public.up_rm;
+SELECT cqrs.drop_projection(name) FROM cqrs.projections ORDER BY name;
+DROP TABLE public.up_rm;
+DROP FUNCTION public.up_foreign(cqrs.events), public.up_own(cqrs.events);
+DROP EXTENSION pg_cqrs;
+DROP ROLE regress_creator, regress_coder;
