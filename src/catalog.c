@@ -473,8 +473,10 @@ List *
 CqrsRunningDeferredNames(MemoryContext cxt)
 {
 	List	   *names = NIL;
+	int			nestlevel;
 	int			rc;
 
+	nestlevel = CqrsRestrictSearchPath();
 	CqrsSPIConnect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rc = SPI_execute("SELECT name FROM cqrs.projections"
@@ -492,6 +494,7 @@ CqrsRunningDeferredNames(MemoryContext cxt)
 	}
 	SPI_finish();
 	PopActiveSnapshot();
+	CqrsRestoreSearchPath(nestlevel);
 	return names;
 }
 
