@@ -194,6 +194,8 @@ reset_state() {
 	{
 		echo 'SET client_min_messages = warning;'
 		if [ -z "$BASELINE_ONLY" ]; then
+			# projections first: dropping what they use is refused (0.4.0)
+			echo "DO \$\$ BEGIN IF pg_catalog.to_regclass('cqrs.projections') IS NOT NULL THEN PERFORM cqrs.drop_projection(name) FROM cqrs.projections; END IF; END \$\$;"
 			echo 'DROP SCHEMA IF EXISTS bench_proj, bench_cap, bench_rm CASCADE;'
 			echo 'DROP EXTENSION pg_cqrs;'
 			echo 'CREATE EXTENSION pg_cqrs;'
