@@ -330,8 +330,9 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 	if (n == 1)
 	{
 		Datum		values[7];
-		char		nulls[7] = "       ";
+		char		nulls[7];
 
+		memset(nulls, ' ', sizeof(nulls));
 		if (insert_one_plan == NULL)
 		{
 			Oid			types[7] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID};
@@ -353,11 +354,13 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 	else
 	{
 		Datum		values[7];
-		char		nulls[7] = "       ";
+		char		nulls[7];
 		Datum	   *ids = palloc(n * sizeof(Datum));
 		Datum	   *types = palloc(n * sizeof(Datum));
 		Datum	   *datas = palloc(n * sizeof(Datum));
 		Datum	   *metas = palloc(n * sizeof(Datum));
+
+		memset(nulls, ' ', sizeof(nulls));
 
 		if (insert_many_plan == NULL)
 		{
