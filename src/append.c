@@ -415,16 +415,17 @@ uuid_cmp_qsort(const void *a, const void *b)
  * original result) when every event has an id recorded in this stream, in
  * order and with consecutive versions; false when none of the given ids is
  * recorded.  Anything in between is an error, as is an id recorded in
- * another stream or given twice in the batch.  Called holding the stream
- * lock.
+ * another stream or given twice in the batch.  An event without an id is
+ * never recorded, so "recorded == n" also means that every event has one:
+ * a batch mixing recorded ids and events without ids is an error too.
+ * Called holding the stream lock.
  */
 static bool
 find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 			  AppendResult *result)
 {
 	Snapshot	snapshot;
-	int			given = 0,
-				recorded = 0;
+	int			recorded = 0;
 	bool		in_order = true;
 	int64		prev_version = 0;
 	char	   *streamstr = text_to_cstring(stream);
@@ -460,7 +461,6 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 
 		if (!evs[i].has_id)
 			continue;
-		given++;
 		if (!CqrsFindEvent(events, &evs[i].id, snapshot, &other, &version, &position))
 			continue;
 
