@@ -76,6 +76,7 @@ want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # shellcheck source-path=SCRIPTDIR/.. source=test/lib/deps.sh
 source "$TOP/test/lib/deps.sh"
+cqrs_enter_version bench/run.sh "$@"
 cqrs_install_deps
 if [ -z "$BASELINE_ONLY" ]; then
 	echo "bench: building and installing pg_cqrs"

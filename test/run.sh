@@ -35,6 +35,11 @@
 # failed, and so does each of its tests that did not report.  The last line
 # is always "N passed, M failed"; the exit status is 0 only when M is 0.
 #
+# Which PostgreSQL: PG=17 or PGMAJOR=17 ("make check PG=17"), or PG_CONFIG;
+# 15 by default (test/lib/deps.sh).  A version Debian 12 does not ship runs
+# in a cached chroot (test/lib/chroot.sh); "make check-all" runs them all
+# (test/matrix.sh).
+#
 # Environment: CQRS_KEEP=1 keeps the work directory (and the cluster's data)
 # for inspection; CQRS_SUITES="regress isolation pgtap tap" (the default)
 # runs only the suites named; PG_TEST_TIMEOUT_DEFAULT (default 60 here)
@@ -88,8 +93,11 @@ show_file() {
 # shellcheck source=test/lib/deps.sh
 source test/lib/deps.sh
 set +e
+# PostgreSQL 17 and 18 run in a chroot on Debian 12: this script then runs
+# again there, and this process only passes its output and status on.
+cqrs_enter_version test/run.sh "$@"
 
-echo "== dependencies and build"
+echo "== dependencies and build (PostgreSQL $PGMAJOR)"
 if ! (cqrs_install_deps); then
 	fail "dependencies" "could not install"
 	finish
@@ -100,6 +108,7 @@ if ! (cqrs_build_install); then
 fi
 
 PGC=$(cqrs_pg_config)
+echo "== $("$PGC" --version), $(gcc --version 2>/dev/null | head -n 1)"
 PGXS_DIR=$(dirname "$("$PGC" --pgxs)")
 PG_REGRESS="$PGXS_DIR/../../src/test/regress/pg_regress"
 PG_ISOLATION_REGRESS="$PGXS_DIR/../../src/test/isolation/pg_isolation_regress"
