@@ -42,7 +42,8 @@
 #
 # Environment: CQRS_KEEP=1 keeps the work directory (and the cluster's data)
 # for inspection; CQRS_SUITES="regress isolation pgtap tap" (the default)
-# runs only the suites named; PG_TEST_TIMEOUT_DEFAULT (default 60 here)
+# runs only the suites named; CQRS_TAP="013_standby_failover ..." only
+# those TAP files; PG_TEST_TIMEOUT_DEFAULT (default 60 here)
 # bounds each wait in the TAP tests.
 
 set -uo pipefail
@@ -289,7 +290,8 @@ cqrs_psql -d postgres -c 'DROP DATABASE IF EXISTS pgtap_test WITH (FORCE)' >/dev
 # ---------------------------------------------------------------------- TAP
 tap_files=()
 for f in test/t/*.pl; do
-	[ -e "$f" ] && tap_files+=("$f")
+	[ -e "$f" ] || continue
+	case " ${CQRS_TAP:-$(basename "$f" .pl)} " in *" $(basename "$f" .pl) "*) tap_files+=("$f") ;; esac
 done
 echo "== TAP (${#tap_files[@]} files)"
 want tap || tap_files=()
@@ -311,7 +313,9 @@ for f in "${tap_files[@]}"; do
 		fail "$name" "prove exited with status $rc"
 		echo "---- $name: prove output"
 		show_file "$out"
+		# tmp_check/log up to PostgreSQL 15, log/ from 16 on
 		log="$W/test/tmp_check/log/regress_log_$base"
+		[ -f "$log" ] || log="$W/test/log/regress_log_$base"
 		if [ -f "$log" ]; then
 			echo "---- $name: last lines of $log"
 			tail -n 60 "$log"
