@@ -22,8 +22,9 @@
 #
 # While a script runs, /proc and a tmpfs on /dev/shm (shared memory of the
 # server) are mounted in the chroot; they are unmounted on exit, whatever
-# happens.  One run at a time per chroot (an flock): two runs would share
-# the mounts and the copy of the checkout.  PostgreSQL runs there as the
+# happens.  One run at a time per chroot (an flock, also held while the
+# chroot is made): two runs would share the mounts and the copy of the
+# checkout.  PostgreSQL runs there as the
 # chroot's "postgres" user, as natively.
 #
 # Only root can do this (chroot(2), mounts, mmdebstrap in root mode).
@@ -114,19 +115,22 @@ cqrs_chroot_ensure() {
 	fi
 	rm -f "$tmp.log"
 	echo "$stamp" >"$tmp/.pg_cqrs-stamp"
+	[ -d "$dir" ] && cqrs_chroot_umount "$dir"
 	rm -rf "$dir"
 	mv "$tmp" "$dir"
 	echo "pg_cqrs: PostgreSQL $major chroot created in $(($(date +%s) - start)) s"
 }
 
-# Unmount what cqrs_chroot_exec mounted (deepest first); harmless when
-# nothing is mounted.
+# Unmount what cqrs_chroot_exec mounted (deepest first), also what a run
+# killed before its trap could run left behind; harmless when nothing is
+# mounted.
 cqrs_chroot_umount() {
 	local dir=$1 m
 	for m in dev/shm proc; do
-		if mountpoint -q "$dir/$m"; then
+		for _ in 1 2 3 4; do
+			mountpoint -q "$dir/$m" 2>/dev/null || break
 			umount "$dir/$m" 2>/dev/null || umount -l "$dir/$m"
-		fi
+		done
 	done
 }
 
@@ -141,10 +145,13 @@ cqrs_chroot_exec() {
 		echo "pg_cqrs: PostgreSQL $major is not installed here and only root can make and enter its chroot" >&2
 		return 1
 	fi
-	cqrs_chroot_ensure "$major" || return 1
 	dir=$(cqrs_chroot_dir "$major")
+	mkdir -p "$CQRS_CHROOT_CACHE"
+	# The lock also covers making the chroot: never two at once, and
+	# never remade under a run that uses it.
 	exec {lockfd}>"$dir.lock"
 	flock "$lockfd"
+	cqrs_chroot_ensure "$major" || { exec {lockfd}>&-; return 1; }
 	# Keep what we pass on: suite options and timeouts, not the host's paths.
 	local envs=(PGMAJOR="$major" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 		HOME=/root LANG=C.UTF-8 TERM=dumb)
@@ -157,6 +164,7 @@ cqrs_chroot_exec() {
 	(
 		trap 'cqrs_chroot_umount "$dir"' EXIT
 		trap 'exit 130' INT TERM
+		cqrs_chroot_umount "$dir"
 		mount -t proc proc "$dir/proc" &&
 		mkdir -p "$dir/dev/shm" &&
 		mount -t tmpfs -o mode=1777,nosuid,nodev shm "$dir/dev/shm" || exit 1
