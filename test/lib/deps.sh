@@ -120,6 +120,19 @@ cqrs_enter_version() {
 	exit "$rc"
 }
 
+# Install scripts of pg_cqrs that this checkout does not ship, left in the
+# server's extension directory by another checkout (another branch's newer
+# version): they would change what the upgrade test sees (update paths,
+# default version) and are removed, so that the server has exactly this
+# checkout's extension.
+cqrs_remove_stale_scripts() {
+	local pgc=$1 top=$2 f
+	for f in "$("$pgc" --sharedir)"/extension/pg_cqrs--*.sql; do
+		[ -e "$f" ] || continue
+		[ -e "$top/sql/$(basename "$f")" ] || { echo "pg_cqrs: removing $f (not in this checkout)"; rm -f "$f"; }
+	done
+}
+
 # Build and install.  Each step stops at its first failure: make's errors
 # are printed once (a failed "make all" is not followed by a "make install"
 # that compiles, and fails, again).
@@ -131,6 +144,7 @@ cqrs_build_install() {
 	libdir=$("$pgc" --pkglibdir) || return 1
 	if [ -w "$libdir" ]; then
 		make -C "$top" -s PG_CONFIG="$pgc" install >/dev/null || return 1
+		cqrs_remove_stale_scripts "$pgc" "$top"
 	else
 		echo "pg_cqrs: cannot install into $libdir: run as root" >&2
 		return 1
