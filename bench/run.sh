@@ -145,7 +145,8 @@ NCPU=$(nproc 2>/dev/null || echo 2)
 PGBENCH_VERSION=$(cqrs_as_owner "$CQRS_BINDIR/pgbench" --version)
 SERVER_VERSION=$(cqrs_psql -tAc 'SHOW server_version')
 
-REVISION=$(git -C "$TOP" describe --always --dirty 2>/dev/null || echo "not a git checkout")
+# (in a version's chroot the copy has no .git: the host passes CQRS_REVISION)
+REVISION=${CQRS_REVISION:-$(git -C "$TOP" describe --always --dirty 2>/dev/null || echo "not a git checkout")}
 echo "bench: pg_cqrs $REVISION; $SERVER_VERSION, $PGBENCH_VERSION, $NCPU CPUs"
 echo "bench: $ROUNDS rounds x ${RUN_SECONDS}s per side, $CLIENTS clients for the concurrent workloads"
 echo "bench: settings: ${conf[*]}; $DURABILITY"

@@ -155,6 +155,9 @@ cqrs_chroot_exec() {
 	# Keep what we pass on: suite options and timeouts, not the host's paths.
 	local envs=(PGMAJOR="$major" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 		HOME=/root LANG=C.UTF-8 TERM=dumb)
+	# The copy has no .git: say which revision it is (make bench prints it).
+	[ -n "${CQRS_REVISION:-}" ] ||
+		envs+=(CQRS_REVISION="$(git -C "$top" describe --always --dirty 2>/dev/null || echo "not a git checkout")")
 	for v in $(compgen -e); do
 		case $v in
 			CQRS_CHROOT|CQRS_CHROOT_CACHE|CQRS_NATIVE_LOCK) ;;
