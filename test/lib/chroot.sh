@@ -5,7 +5,8 @@
 # Debian 12 ships PostgreSQL 15 only.  The server binaries of 17 (trixie)
 # and 18 (sid) need a newer glibc, so they cannot be installed beside it;
 # they run in a chroot of the Debian release that ships them, made with
-# mmdebstrap from the same Debian mirror the host uses.
+# mmdebstrap from the same Debian mirror the host uses (with the release's
+# -updates and -security suites, where PostgreSQL's point releases are).
 #
 #   cqrs_chroot_suite MAJOR          the Debian suite shipping MAJOR
 #   cqrs_chroot_ensure MAJOR         create (or re-create) the cached chroot
@@ -50,6 +51,32 @@ cqrs_chroot_mirror() {
 	echo "${m:-http://deb.debian.org/debian}"
 }
 
+# The security archive the host uses, else Debian's.
+cqrs_chroot_security_mirror() {
+	local m
+	m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+		sed -n -E -e 's/^URIs: *([^ ]*\/debian-security)\/?$/\1/p' \
+			-e 's/^deb +(\[[^]]*\] +)?([^ ]*\/debian-security)\/? .*/\2/p' | head -n 1)
+	echo "${m:-http://deb.debian.org/debian-security}"
+}
+
+# The chroot's apt sources, one "deb" line each.  A released suite also
+# gets its -updates and -security suites: Debian ships PostgreSQL's point
+# releases there (bookworm's own Packages still has 15.18, which lacks
+# settings the suites rely on, such as output_plugin_libraries).
+cqrs_chroot_sources() {
+	local suite=$1 mirror
+	mirror=$(cqrs_chroot_mirror)
+	echo "deb $mirror $suite main"
+	case $suite in
+		sid|unstable|experimental) ;;
+		*)
+			echo "deb $mirror $suite-updates main"
+			echo "deb $(cqrs_chroot_security_mirror) $suite-security main"
+			;;
+	esac
+}
+
 # What the chroot must contain: what test/lib/deps.sh installs natively for
 # this major (the same list, so the suites find the same tools), and the
 # certificates apt needs for an https mirror.
@@ -68,7 +95,7 @@ cqrs_chroot_dir() { echo "$CQRS_CHROOT_CACHE/chroot-$1"; }
 cqrs_chroot_stamp() {
 	{
 		cqrs_chroot_suite "$1"
-		cqrs_chroot_mirror
+		cqrs_chroot_sources "$(cqrs_chroot_suite "$1")"
 		cqrs_chroot_packages "$1"
 		echo "variant=apt check-valid-until=false"
 	} | md5sum | cut -d' ' -f1
@@ -100,6 +127,8 @@ cqrs_chroot_ensure() {
 	echo "pg_cqrs: creating the PostgreSQL $major chroot (Debian $suite) in $dir"
 	# Check-Valid-Until: sid's Release file may be past its Valid-Until
 	# date on a mirror that lags; the signature is still checked.
+	local sources=()
+	mapfile -t sources < <(cqrs_chroot_sources "$suite")
 	if ! mmdebstrap --variant=apt --mode=root --quiet \
 		--aptopt='Acquire::Check-Valid-Until "false"' \
 		--aptopt='APT::Install-Recommends "false"' \
@@ -107,7 +136,7 @@ cqrs_chroot_ensure() {
 		--dpkgopt='path-exclude=/usr/share/man/*' \
 		--dpkgopt='path-exclude=/usr/share/locale/*' \
 		--include="$(cqrs_chroot_packages "$major" | paste -sd,)" \
-		"$suite" "$tmp" "$(cqrs_chroot_mirror)" >"$tmp.log" 2>&1; then
+		"$suite" "$tmp" "${sources[@]}" >"$tmp.log" 2>&1; then
 		tail -n 40 "$tmp.log" >&2
 		echo "pg_cqrs: mmdebstrap failed (log above, full log in $tmp.log)" >&2
 		rm -rf "$tmp"
