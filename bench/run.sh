@@ -76,6 +76,7 @@ want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # shellcheck source-path=SCRIPTDIR/.. source=test/lib/deps.sh
 source "$TOP/test/lib/deps.sh"
+cqrs_enter_version bench/run.sh "$@"
 cqrs_install_deps
 if [ -z "$BASELINE_ONLY" ]; then
 	echo "bench: building and installing pg_cqrs"
@@ -144,7 +145,8 @@ NCPU=$(nproc 2>/dev/null || echo 2)
 PGBENCH_VERSION=$(cqrs_as_owner "$CQRS_BINDIR/pgbench" --version)
 SERVER_VERSION=$(cqrs_psql -tAc 'SHOW server_version')
 
-REVISION=$(git -C "$TOP" describe --always --dirty 2>/dev/null || echo "not a git checkout")
+# (in a version's chroot the copy has no .git: the host passes CQRS_REVISION)
+REVISION=${CQRS_REVISION:-$(git -C "$TOP" describe --always --dirty 2>/dev/null || echo "not a git checkout")}
 echo "bench: pg_cqrs $REVISION; $SERVER_VERSION, $PGBENCH_VERSION, $NCPU CPUs"
 echo "bench: $ROUNDS rounds x ${RUN_SECONDS}s per side, $CLIENTS clients for the concurrent workloads"
 echo "bench: settings: ${conf[*]}; $DURABILITY"

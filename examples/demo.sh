@@ -22,6 +22,7 @@ top=$(cd "$here/.." && pwd)
 
 # shellcheck source=../test/lib/deps.sh
 source "$top/test/lib/deps.sh"
+cqrs_enter_version examples/demo.sh "$@"
 cqrs_install_deps
 cqrs_build_install
 # shellcheck source=../test/lib/cluster.sh

@@ -20,8 +20,11 @@ SELECT attname, format_type(atttypid, atttypmod), attnotnull,
   FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE attrelid = 'cqrs.events'::regclass AND attnum > 0 AND NOT attisdropped
  ORDER BY attnum;
+-- (NOT NULL is attnotnull above; PostgreSQL 18 also records it as a
+-- constraint of type 'n', which this list leaves out)
 SELECT conname, contype, pg_get_constraintdef(oid)
-  FROM pg_constraint WHERE conrelid = 'cqrs.events'::regclass ORDER BY conname;
+  FROM pg_constraint WHERE conrelid = 'cqrs.events'::regclass AND contype <> 'n'
+ ORDER BY conname;
 
 -- positions come from one sequence without per-backend caching
 SELECT seqrelid::regclass, seqtypid::regtype, seqstart, seqincrement, seqcache, seqcycle

@@ -79,7 +79,13 @@ CREATE SEQUENCE a_sequence;
 CREATE TYPE a_composite AS (a int);
 CREATE TABLE parted (a int PRIMARY KEY) PARTITION BY RANGE (a);
 CREATE TABLE other_read (k text PRIMARY KEY, v int);
-SELECT label, try(cmd) FROM (VALUES
+-- A composite type or an index is refused by PostgreSQL's table_open()
+-- before our own check, in words that differ between versions (15: "is a
+-- composite type"; 17 and later: "cannot open relation ... This operation
+-- is not supported for composite types"): only their SQLSTATE is shown.
+SELECT label, CASE WHEN label IN ('composite type', 'index') THEN split_part(r, ':', 1)
+                   ELSE r END AS try
+  FROM (SELECT label, try(cmd) AS r FROM (VALUES
     ('no primary key',      $$SELECT cqrs.create_projection('p', 'seen_handler', tables => '{no_pk}')$$),
     ('unique, not pk',      $$SELECT cqrs.create_projection('p', 'seen_handler', tables => '{unique_only}')$$),
     ('second lacks pk',     $$SELECT cqrs.create_projection('p', 'seen_handler', tables => '{seen,no_pk}')$$),
@@ -91,7 +97,7 @@ SELECT label, try(cmd) FROM (VALUES
     ('NULL element',        $$SELECT cqrs.create_projection('p', 'seen_handler', tables => ARRAY[NULL]::regclass[])$$),
     ('dangling OID',        $$SELECT cqrs.create_projection('p', 'seen_handler', tables => ARRAY[4000000000::oid::regclass])$$),
     ('unknown name',        $$SELECT cqrs.create_projection('p', 'seen_handler', tables => '{no_such_table}')$$)
-) AS t(label, cmd);
+) AS t(label, cmd)) AS s;
 SELECT cqrs.create_projection('p', 'seen_handler', tables => '{no_pk}');
 SELECT count(*) FROM cqrs.projections;
 

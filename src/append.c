@@ -412,8 +412,9 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 	if (n == 1)
 	{
 		Datum		values[7];
-		char		nulls[7] = "       ";
+		char		nulls[7];
 
+		memset(nulls, ' ', sizeof(nulls));
 		if (insert_one_plan == NULL)
 		{
 			Oid			types[7] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID};
@@ -435,11 +436,13 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 	else
 	{
 		Datum		values[7];
-		char		nulls[7] = "       ";
+		char		nulls[7];
 		Datum	   *ids = palloc(n * sizeof(Datum));
 		Datum	   *types = palloc(n * sizeof(Datum));
 		Datum	   *datas = palloc(n * sizeof(Datum));
 		Datum	   *metas = palloc(n * sizeof(Datum));
+
+		memset(nulls, ' ', sizeof(nulls));
 
 		if (insert_many_plan == NULL)
 		{
@@ -495,16 +498,17 @@ uuid_cmp_qsort(const void *a, const void *b)
  * original result) when every event has an id recorded in this stream, in
  * order and with consecutive versions; false when none of the given ids is
  * recorded.  Anything in between is an error, as is an id recorded in
- * another stream or given twice in the batch.  Called holding the stream
- * lock.
+ * another stream or given twice in the batch.  An event without an id is
+ * never recorded, so "recorded == n" also means that every event has one:
+ * a batch mixing recorded ids and events without ids is an error too.
+ * Called holding the stream lock.
  */
 static bool
 find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 			  AppendResult *result)
 {
 	Snapshot	snapshot;
-	int			given = 0,
-				recorded = 0;
+	int			recorded = 0;
 	bool		in_order = true;
 	int64		prev_version = 0;
 	char	   *streamstr = text_to_cstring(stream);
@@ -540,7 +544,6 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 
 		if (!evs[i].has_id)
 			continue;
-		given++;
 		if (!CqrsFindEvent(events, &evs[i].id, snapshot, &other, &version, &position))
 			continue;
 

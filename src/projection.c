@@ -298,8 +298,9 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	Oid			argtypes[9] = {TEXTOID, TEXTOID, OIDOID, TEXTOID, REGCLASSARRAYOID,
 	TEXTARRAYOID, TEXTARRAYOID, TEXTOID, BOOLOID};
 	Datum		values[9];
-	char		nulls[9] = "         ";
+	char		nulls[9];
 
+	memset(nulls, ' ', sizeof(nulls));
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -422,8 +422,9 @@ cqrs_read_all(PG_FUNCTION_ARGS)
 		 */
 		Oid			argtypes[5] = {INT8OID, INT8OID, TEXTARRAYOID, TEXTARRAYOID, INT8OID};
 		Datum		values[5];
-		char		nulls[5] = "     ";
+		char		nulls[5];
 
+		memset(nulls, ' ', sizeof(nulls));
 		values[0] = Int64GetDatum(after);
 		values[1] = Int64GetDatum(safe);
 		values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);

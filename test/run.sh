@@ -37,9 +37,15 @@
 # failed, and so does each of its tests that did not report.  The last line
 # is always "N passed, M failed"; the exit status is 0 only when M is 0.
 #
+# Which PostgreSQL: PG=17 or PGMAJOR=17 ("make check PG=17"), or PG_CONFIG;
+# 15 by default (test/lib/deps.sh).  A version Debian 12 does not ship runs
+# in a cached chroot (test/lib/chroot.sh); "make check-all" runs them all
+# (test/matrix.sh).
+#
 # Environment: CQRS_KEEP=1 keeps the work directory (and the cluster's data)
 # for inspection; CQRS_SUITES="layers regress isolation pgtap tap" (the default)
-# runs only the suites named; PG_TEST_TIMEOUT_DEFAULT (default 60 here)
+# runs only the suites named; CQRS_TAP="013_standby_failover ..." only
+# those TAP files; PG_TEST_TIMEOUT_DEFAULT (default 60 here)
 # bounds each wait in the TAP tests.
 
 set -uo pipefail
@@ -90,8 +96,11 @@ show_file() {
 # shellcheck source=test/lib/deps.sh
 source test/lib/deps.sh
 set +e
+# PostgreSQL 17 and 18 run in a chroot on Debian 12: this script then runs
+# again there, and this process only passes its output and status on.
+cqrs_enter_version test/run.sh "$@"
 
-echo "== dependencies and build"
+echo "== dependencies and build (PostgreSQL $PGMAJOR)"
 if ! (cqrs_install_deps); then
 	fail "dependencies" "could not install"
 	finish
@@ -114,6 +123,7 @@ if want layers; then
 fi
 
 PGC=$(cqrs_pg_config)
+echo "== $("$PGC" --version), $(gcc --version 2>/dev/null | head -n 1)"
 PGXS_DIR=$(dirname "$("$PGC" --pgxs)")
 PG_REGRESS="$PGXS_DIR/../../src/test/regress/pg_regress"
 PG_ISOLATION_REGRESS="$PGXS_DIR/../../src/test/isolation/pg_isolation_regress"
@@ -294,7 +304,8 @@ cqrs_psql -d postgres -c 'DROP DATABASE IF EXISTS pgtap_test WITH (FORCE)' >/dev
 # ---------------------------------------------------------------------- TAP
 tap_files=()
 for f in test/t/*.pl; do
-	[ -e "$f" ] && tap_files+=("$f")
+	[ -e "$f" ] || continue
+	case " ${CQRS_TAP:-$(basename "$f" .pl)} " in *" $(basename "$f" .pl) "*) tap_files+=("$f") ;; esac
 done
 echo "== TAP (${#tap_files[@]} files)"
 want tap || tap_files=()
@@ -316,7 +327,9 @@ for f in "${tap_files[@]}"; do
 		fail "$name" "prove exited with status $rc"
 		echo "---- $name: prove output"
 		show_file "$out"
+		# tmp_check/log up to PostgreSQL 15, log/ from 16 on
 		log="$W/test/tmp_check/log/regress_log_$base"
+		[ -f "$log" ] || log="$W/test/log/regress_log_$base"
 		if [ -f "$log" ]; then
 			echo "---- $name: last lines of $log"
 			tail -n 60 "$log"
