@@ -347,19 +347,6 @@ parse_event(text *stream, JsonbValue *elem, int n, NewEvent *ev)
  * ----------------------------------------------------------------
  */
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "pg_cqrs: SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "pg_cqrs: SPI_keepplan failed");
-	return plan;
-}
-
 /*
  * Run one of our INSERT plans, the only statement the guard lets through
  * for an ordinary role (guard.c).  The permission is withdrawn afterwards
@@ -419,7 +406,7 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 		{
 			Oid			types[7] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID};
 
-			insert_one_plan = prepare_kept(
+			insert_one_plan = CqrsPrepareKept(
 				"INSERT INTO cqrs.events"
 				" (\"position\", stream, version, id, type, data, metadata)"
 				" VALUES ($1, $2, $3, $4, $5, $6, $7)", 7, types);
@@ -449,7 +436,7 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 			Oid			argtypes[7] = {TEXTOID, INT8ARRAYOID, INT8ARRAYOID, UUIDARRAYOID,
 			TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID};
 
-			insert_many_plan = prepare_kept(
+			insert_many_plan = CqrsPrepareKept(
 				"INSERT INTO cqrs.events"
 				" (\"position\", stream, version, id, type, data, metadata)"
 				" SELECT u.p, $1, u.v, u.i, u.t, u.d, u.m"

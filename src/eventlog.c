@@ -46,6 +46,7 @@
 #include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "common/hashfn.h"
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
@@ -220,6 +221,25 @@ CqrsCheckEventLogPrivilege(AclMode mode)
 			return;
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
 	}
+}
+
+/*
+ * CqrsPrepareKept
+ *		Prepare a statement on the log and keep its plan for the life of
+ *		the backend (appends and the readers' row-level security path).
+ *		Called SPI-connected; an error if it does not prepare.
+ */
+SPIPlanPtr
+CqrsPrepareKept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "pg_cqrs: SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "pg_cqrs: SPI_keepplan failed");
+	return plan;
 }
 
 /*

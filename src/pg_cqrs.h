@@ -57,6 +57,7 @@
 
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "access/xlogdefs.h"
@@ -122,6 +123,7 @@ extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
 extern const CqrsEventLogOids *CqrsEventLog(void);
 extern void CqrsCheckEventLogPrivilege(AclMode mode);
 extern bool CqrsDigestsInstalled(void);
+extern SPIPlanPtr CqrsPrepareKept(const char *sql, int nargs, Oid *argtypes);
 extern void CqrsLockStream(const char *stream, int len);
 extern void CqrsLockEventId(const pg_uuid_t *id);
 extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,

@@ -122,16 +122,7 @@ static SPIPlanPtr
 prepare_kept(SPIPlanPtr *planp, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*planp == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "pg_cqrs: SPI_prepare failed for \"%s\": %s",
-				 sql, SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "pg_cqrs: SPI_keepplan failed");
-		*planp = plan;
-	}
+		*planp = CqrsPrepareKept(sql, nargs, argtypes);
 	return *planp;
 }
 
