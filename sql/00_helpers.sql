@@ -35,3 +35,15 @@ EXCEPTION WHEN OTHERS THEN
                       WHERE l LIKE 'projection %'), '(none)');
 END
 $$;
+-- sqlstate(sql): 'ok' or just the SQLSTATE, where the wording is not ours
+CREATE FUNCTION public.sqlstate(cmd text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    st text;
+BEGIN
+    EXECUTE cmd;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE;
+    RETURN st;
+END
+$$;

@@ -10,19 +10,6 @@ DROP ROLE IF EXISTS regress_cqrs_owner, regress_cqrs_appender, regress_cqrs_intr
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- sqlstate(sql): 'ok' or just the SQLSTATE, where the wording is not ours
-CREATE FUNCTION pg_temp.sqlstate(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE;
-    RETURN st;
-END
-$$;
-
 -- The owner of projections, a role that only appends, and one that should
 -- not be able to touch the owner's projections.  Appending needs what it
 -- needed before projections existed: USAGE on the schema and INSERT on the
@@ -204,7 +191,7 @@ SELECT name FROM cqrs.projections ORDER BY name;
 -- a role that does not own a projection cannot manage it
 --
 SET ROLE regress_cqrs_intruder;
-SELECT label, pg_temp.sqlstate(cmd) FROM (VALUES
+SELECT label, sqlstate(cmd) FROM (VALUES
     ('drop',    $$SELECT cqrs.drop_projection('owned')$$),
     ('pause',   $$SELECT cqrs.pause_projection('owned')$$),
     ('resume',  $$SELECT cqrs.resume_projection('owned')$$),

@@ -10,19 +10,6 @@ DROP ROLE IF EXISTS regress_t1, regress_t2, regress_stranger, regress_operator, 
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- sqlstate(sql): 'ok' or just the SQLSTATE, where the wording is not ours
-CREATE FUNCTION pg_temp.sqlstate(cmd text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    st text;
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE;
-    RETURN st;
-END
-$$;
-
 CREATE ROLE regress_t1;
 CREATE ROLE regress_t2;
 CREATE ROLE regress_stranger;
@@ -123,7 +110,7 @@ SELECT try('SELECT cqrs.create_projection(''parent'', ''regress_t1.noop'', ''def
 SELECT cqrs.drop_projection('child');
 -- a handler or a read table in use cannot be dropped (nor replaced by a
 -- function of the same signature that somebody else creates later)
-SELECT pg_temp.sqlstate('DROP FUNCTION regress_t1.on_account(cqrs.events)');
+SELECT sqlstate('DROP FUNCTION regress_t1.on_account(cqrs.events)');
 SELECT try('DROP FUNCTION regress_t1.on_account(cqrs.events)');
 SELECT try('DROP TABLE regress_t1.accounts');
 SET client_min_messages = warning;
@@ -131,7 +118,7 @@ SELECT try('DROP SCHEMA regress_t1 CASCADE');
 RESET client_min_messages;
 RESET ROLE;
 -- nor can the owner role go while it owns the handler (pg_shdepend)
-SELECT pg_temp.sqlstate('DROP ROLE regress_t1');
+SELECT sqlstate('DROP ROLE regress_t1');
 -- a handler the owner gives away no longer runs with the owner's rights:
 -- the projection now belongs to the new owner of the code, who does not
 -- own the read table, so the projection refuses to run
@@ -205,7 +192,7 @@ COMMIT;
 RESET cqrs.handler_timeout;
 -- an owner cannot lift the limit for itself
 SET ROLE regress_t1;
-SELECT pg_temp.sqlstate('SET cqrs.handler_timeout = 0');
+SELECT sqlstate('SET cqrs.handler_timeout = 0');
 RESET ROLE;
 
 --
