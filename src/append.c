@@ -11,17 +11,20 @@
  *		and burns no position;
  *	 1. validates every argument; bad input is an error before anything is
  *		locked or written;
- *	 2. locks the stream (eventlog.c), so that appends to one stream run one
- *		at a time and appends to other streams are not held up;
- *	 3. takes a fresh snapshot: holding the stream lock, it shows the
- *		stream's true head (a transaction snapshot may predate the commit we
- *		just waited for);
- *	 4. looks up the ids the caller gave: an event already recorded in this
- *		stream makes the call an idempotent no-op returning the original
- *		(version, position); one recorded elsewhere is an error;
- *	 5. checks expected_version against the head (40001 on a mismatch);
- *	 6. publishes the transaction's floor (horizon.c), takes positions from
- *		the sequence and inserts the rows with a prepared plan.
+ *	 2. takes the stream's short lock (eventlog.c) and reads its head with a
+ *		dirty snapshot; if another transaction's uncommitted append is the
+ *		head, lets go, waits for that transaction to end, and starts over.
+ *		So appends to one stream run one at a time, appends to other
+ *		streams are not held up, and nothing is held per stream until
+ *		commit;
+ *	 3. looks up the ids the caller gave, the same way: an event already
+ *		recorded in this stream makes the call an idempotent no-op returning
+ *		the original (version, position); one recorded elsewhere is an
+ *		error;
+ *	 4. checks expected_version against the head (40001 on a mismatch);
+ *	 5. publishes the transaction's floor (horizon.c), takes positions from
+ *		the sequence, inserts the rows with a prepared plan, and releases
+ *		the short lock.
  *
  * Inserting goes through the executor (SPI) rather than heap_insert so that
  * triggers on the log, such as those of sync projections, fire as for any
@@ -58,6 +61,7 @@
 #include "access/detoast.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -477,7 +481,69 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 static int
 uuid_cmp_qsort(const void *a, const void *b)
 {
-	return memcmp(((const NewEvent *) a)->id.data, ((const NewEvent *) b)->id.data, UUID_LEN);
+	return memcmp(((const pg_uuid_t *) a)->data, ((const pg_uuid_t *) b)->data, UUID_LEN);
+}
+
+/*
+ * A batch with at most this many caller-given ids takes a short lock on
+ * each (CqrsLockEventId), so that two transactions giving the same id to
+ * different streams meet on our message naming the stream.  A larger batch
+ * leaves that race, between two transactions, to the unique index on id,
+ * whose error has the same SQLSTATE: a batch must not occupy a lock table
+ * entry per event, even briefly.
+ */
+#define CQRS_MAX_ID_LOCKS 64
+
+/* What an append holds while it reads the head and inserts. */
+typedef struct AppendLocks
+{
+	text	   *stream;
+	pg_uuid_t  *ids;			/* the caller-given ids, sorted */
+	int			nids;
+	bool		lock_ids;		/* nids <= CQRS_MAX_ID_LOCKS */
+} AppendLocks;
+
+/*
+ * The batch's caller-given ids, sorted (the order in which they are
+ * locked, so that two batches sharing ids cannot deadlock on them); an id
+ * given twice is an error.
+ */
+static void
+collect_ids(text *stream, NewEvent *evs, int n, AppendLocks *locks)
+{
+	locks->stream = stream;
+	locks->ids = palloc(n * sizeof(pg_uuid_t));
+	locks->nids = 0;
+	for (int i = 0; i < n; i++)
+		if (evs[i].has_id)
+			locks->ids[locks->nids++] = evs[i].id;
+	qsort(locks->ids, locks->nids, sizeof(pg_uuid_t), uuid_cmp_qsort);
+	for (int i = 1; i < locks->nids; i++)
+		if (memcmp(locks->ids[i - 1].data, locks->ids[i].data, UUID_LEN) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("event %s appears twice in the batch for stream \"%s\"",
+							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&locks->ids[i]))),
+							text_to_cstring(stream))));
+	locks->lock_ids = locks->nids <= CQRS_MAX_ID_LOCKS;
+}
+
+static void
+take_locks(AppendLocks *locks)
+{
+	CqrsLockStream(VARDATA_ANY(locks->stream), VARSIZE_ANY_EXHDR(locks->stream));
+	if (locks->lock_ids)
+		for (int i = 0; i < locks->nids; i++)
+			CqrsLockEventId(&locks->ids[i]);
+}
+
+static void
+release_locks(AppendLocks *locks)
+{
+	if (locks->lock_ids)
+		for (int i = locks->nids - 1; i >= 0; i--)
+			CqrsUnlockEventId(&locks->ids[i]);
+	CqrsUnlockStream(VARDATA_ANY(locks->stream), VARSIZE_ANY_EXHDR(locks->stream));
 }
 
 /*
@@ -485,53 +551,37 @@ uuid_cmp_qsort(const void *a, const void *b)
  * original result) when every event has an id recorded in this stream, in
  * order and with consecutive versions; false when none of the given ids is
  * recorded.  Anything in between is an error, as is an id recorded in
- * another stream or given twice in the batch.  An event without an id is
- * never recorded, so "recorded == n" also means that every event has one:
- * a batch mixing recorded ids and events without ids is an error too.
- * Called holding the stream lock.
+ * another stream.  An event without an id is never recorded, so "recorded
+ * == n" also means that every event has one: a batch mixing recorded ids
+ * and events without ids is an error too.
+ *
+ * Called holding the append's short locks.  Rows still in progress count:
+ * when an id is in another transaction's uncommitted row, returns false
+ * with *wait_for set, and the caller waits for that transaction and asks
+ * again.
  */
 static bool
 find_recorded(Relation events, text *stream, NewEvent *evs, int n,
-			  AppendResult *result)
+			  AppendResult *result, TransactionId *wait_for)
 {
-	Snapshot	snapshot;
 	int			recorded = 0;
 	bool		in_order = true;
 	int64		prev_version = 0;
-	char	   *streamstr = text_to_cstring(stream);
-	NewEvent   *sorted = palloc(n * sizeof(NewEvent));
-	int			m = 0;
-
-	/*
-	 * Lock the given ids, in a fixed order so that two batches sharing ids
-	 * cannot deadlock on them, then look them up.  The snapshot was taken
-	 * before we waited, so look with a new one.
-	 */
-	for (int i = 0; i < n; i++)
-		if (evs[i].has_id)
-			sorted[m++] = evs[i];
-	qsort(sorted, m, sizeof(NewEvent), uuid_cmp_qsort);
-	for (int i = 0; i < m; i++)
-	{
-		if (i > 0 && memcmp(sorted[i - 1].id.data, sorted[i].id.data, UUID_LEN) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNIQUE_VIOLATION),
-					 errmsg("event %s appears twice in the batch for stream \"%s\"",
-							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&sorted[i].id))),
-							streamstr)));
-		CqrsLockEventId(&sorted[i].id);
-	}
-	snapshot = GetLatestSnapshot();
 
 	for (int i = 0; i < n; i++)
 	{
 		text	   *other;
 		int64		version,
 					position;
+		bool		found;
 
 		if (!evs[i].has_id)
 			continue;
-		if (!CqrsFindEvent(events, &evs[i].id, snapshot, &other, &version, &position))
+		*wait_for = CqrsFindEventForAppend(events, &evs[i].id, &found,
+										   &other, &version, &position);
+		if (TransactionIdIsValid(*wait_for))
+			return false;
+		if (!found)
 			continue;
 
 		if (VARSIZE_ANY_EXHDR(other) != VARSIZE_ANY_EXHDR(stream) ||
@@ -541,7 +591,8 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 					 errmsg("event %s is already recorded in stream \"%s\"",
 							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&evs[i].id))),
 							text_to_cstring(other)),
-					 errdetail("It cannot also be appended to stream \"%s\".", streamstr)));
+					 errdetail("It cannot also be appended to stream \"%s\".",
+							   text_to_cstring(stream))));
 
 		if (recorded > 0 && version != prev_version + 1)
 			in_order = false;
@@ -559,7 +610,7 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 	ereport(ERROR,
 			(errcode(ERRCODE_UNIQUE_VIOLATION),
 			 errmsg("batch repeats only some of the events already recorded in stream \"%s\"",
-					streamstr),
+					text_to_cstring(stream)),
 			 errdetail("%d of its %d events are already recorded%s.", recorded, n,
 					   recorded == n ? ", but not in this order" : ""),
 			 errhint("Retry the whole original batch, or append only new events with new ids.")));
@@ -567,41 +618,45 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 }
 
 /*
- * Append n validated events to stream.  See the file header for the steps.
- * lock_stream is false only for callers that serialise the stream's
- * appends by other means (see CqrsAppendEvent).
+ * Append n validated events to stream.  See the file header for the steps,
+ * and eventlog.c for why the stream's short lock and the dirty head make
+ * appends to one stream run one at a time.
  */
 static AppendResult
 append_to_stream(text *stream, NewEvent *evs, int n,
-				 bool has_expected, int64 expected, bool lock_stream)
+				 bool has_expected, int64 expected)
 {
 	Relation	events;
-	Snapshot	snapshot;
 	AppendResult result;
+	AppendLocks locks;
 	int64		head_version,
 				head_position;
 	int64	   *positions;
 	int64	   *versions;
-	bool		any_id = false;
 	Oid			seq;
 
 	events = CqrsOpenEventLog(RowExclusiveLock);
-	if (lock_stream)
-		CqrsLockStream(VARDATA_ANY(stream), VARSIZE_ANY_EXHDR(stream));
+	collect_ids(stream, evs, n, &locks);
 
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-
-	for (int i = 0; i < n; i++)
-		any_id |= evs[i].has_id;
-	if (any_id && find_recorded(events, stream, evs, n, &result))
+	for (;;)
 	{
-		UnregisterSnapshot(snapshot);
-		table_close(events, NoLock);
-		return result;
-	}
+		TransactionId wait_for = InvalidTransactionId;
 
-	CqrsStreamHead(events, stream, snapshot, &head_version, &head_position);
-	UnregisterSnapshot(snapshot);
+		take_locks(&locks);
+		if (locks.nids > 0 && find_recorded(events, stream, evs, n, &result, &wait_for))
+		{
+			release_locks(&locks);
+			table_close(events, NoLock);
+			return result;
+		}
+		if (!TransactionIdIsValid(wait_for))
+			wait_for = CqrsStreamHeadForAppend(events, stream, &head_version, &head_position);
+		if (!TransactionIdIsValid(wait_for))
+			break;
+		/* another transaction's append is not final yet: wait for its end */
+		release_locks(&locks);
+		XactLockTableWait(wait_for, events, NULL, XLTW_None);
+	}
 
 	if (IsolationUsesXactSnapshot())
 	{
@@ -649,6 +704,8 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 	}
 
 	insert_events(stream, evs, n, positions, versions);
+	/* our rows are in the index: the next appender will see them */
+	release_locks(&locks);
 	table_close(events, NoLock);
 
 	result.version = versions[n - 1];
@@ -673,20 +730,14 @@ append_to_stream(text *stream, NewEvent *evs, int n,
  * type within their length caps, metadata an object (NULL means {}), and
  * cqrs.max_event_size.  Memory is allocated in the caller's context.
  *
- * lock_stream false skips the stream lock.  The lock is a transaction-level
- * lock per stream, so a transaction appending to many streams holds as many
- * entries of the shared lock table, which is sized for tens of locks per
- * transaction: a bulk write to a captured table, one stream per row, would
- * run out of shared memory after a few thousand rows.  Capture does not
- * need the lock, because the captured table's own row locks and unique
- * index already make changes to one key (one stream) wait for each other's
- * commit.  Without it, an append made concurrently by another path to the
- * same stream is still never lost or misnumbered: one of the two fails on
- * the unique (stream, version) index.
+ *
+ * Capture used to skip the stream lock, which then lasted until commit: a
+ * bulk write to a captured table, one stream per row, filled the shared
+ * lock table.  The short lock (eventlog.c) holds nothing per stream, so
+ * capture now serialises like every other append.
  */
 int64
-CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata,
-				bool lock_stream)
+CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata)
 {
 	NewEvent	ev;
 
@@ -712,7 +763,7 @@ CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata,
 	ev.metadata = check_metadata(metadata, "the event");
 	check_event_size(stream, &ev, "the event");
 
-	return append_to_stream(stream, &ev, 1, false, 0, lock_stream).position;
+	return append_to_stream(stream, &ev, 1, false, 0).position;
 }
 
 /*
@@ -805,7 +856,7 @@ append_one(FunctionCallInfo fcinfo)
 	}
 	check_event_size(stream, &ev, "the event");
 
-	return append_to_stream(stream, &ev, 1, has_expected, expected, true);
+	return append_to_stream(stream, &ev, 1, has_expected, expected);
 }
 
 static AppendResult
@@ -847,7 +898,7 @@ append_many(FunctionCallInfo fcinfo)
 		parse_event(stream, elem, i + 1, &evs[i]);
 	}
 
-	return append_to_stream(stream, evs, n, has_expected, expected, true);
+	return append_to_stream(stream, evs, n, has_expected, expected);
 }
 
 /*

@@ -524,14 +524,14 @@ cqrs_capture_trigger(PG_FUNCTION_ARGS)
 		HeapTuple	row = trigdata->tg_trigtuple;
 
 		CqrsAppendEvent(row_stream(info, row, desc), info->types[OP_INSERTED],
-						row_data(info, row, desc), info->metadata, false);
+						row_data(info, row, desc), info->metadata);
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(event))
 	{
 		HeapTuple	row = trigdata->tg_trigtuple;
 
 		CqrsAppendEvent(row_stream(info, row, desc), info->types[OP_DELETED],
-						row_data(info, row, desc), info->metadata, false);
+						row_data(info, row, desc), info->metadata);
 	}
 	else if (TRIGGER_FIRED_BY_UPDATE(event))
 	{
@@ -547,14 +547,14 @@ cqrs_capture_trigger(PG_FUNCTION_ARGS)
 			/* a key change: end the old stream, start the new one */
 			CqrsAppendEvent(oldstream, info->types[OP_DELETED],
 							row_data(info, oldrow, desc),
-							make_metadata(info->source, "moved_to", newstream), false);
+							make_metadata(info->source, "moved_to", newstream));
 			CqrsAppendEvent(newstream, info->types[OP_INSERTED],
 							row_data(info, newrow, desc),
-							make_metadata(info->source, "moved_from", oldstream), false);
+							make_metadata(info->source, "moved_from", oldstream));
 		}
 		else if (!rows_identical(oldrow, newrow, desc))
 			CqrsAppendEvent(newstream, info->types[OP_UPDATED],
-							row_data(info, newrow, desc), info->metadata, false);
+							row_data(info, newrow, desc), info->metadata);
 	}
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);

@@ -11,12 +11,45 @@
  * and forgotten on any relcache invalidation of the log, so DROP EXTENSION
  * followed by CREATE EXTENSION in another session is noticed.
  *
- * Stream locks.  Appends to one stream serialise on a transaction-level lock
- * on a 64-bit hash of the stream name, taken in the advisory lock space with
- * a lock class of our own (so that it never collides with applications'
- * pg_advisory_lock keys).  Appends to different streams take different
- * locks and never wait on each other, except in the 2^-64 case of a hash
- * collision, which would only serialise two streams, never break them.
+ * Stream locks.  Appends to one stream serialise; appends to different
+ * streams never wait on each other; and a transaction may append to any
+ * number of streams without holding anything per stream until it ends (the
+ * shared lock table holds some thousands of entries for the whole cluster:
+ * one entry per stream until commit filled it, and then every other
+ * session of the cluster failed with "out of shared memory").  The design:
+ *
+ *	 - A *short* lock on a 64-bit hash of the stream name, taken in the
+ *	   advisory lock space with a lock class of our own (it never collides
+ *	   with applications' pg_advisory_lock keys), covers only the stretch
+ *	   from reading the stream's head to the new rows being in the
+ *	   (stream, version) index, and is then released (CqrsUnlockStream),
+ *	   long before commit.
+ *	 - The head is read with a dirty snapshot, which also shows rows of
+ *	   transactions still in progress.  If the head row belongs to another
+ *	   transaction that has not ended, the appender releases its short locks,
+ *	   waits for that transaction (XactLockTableWait, as a unique-index
+ *	   check does: the deadlock detector sees the wait) and starts over.
+ *
+ * Why this serialises a stream exactly as a lock held to commit did.  Let
+ * A append version v to stream S and B append to S after it.  A's row is
+ * in the index before A releases the short lock, and B reads the head only
+ * while holding it, so B sees A's row: while A is in progress B waits for
+ * A; once A has committed B sees version v and appends v + 1; if A rolled
+ * back, B sees the head below it.  So B never appends on a head that is
+ * not final, and two appenders never pick the same version: the
+ * (stream, version) index never has to reject one (no spurious failures
+ * under expected_version => NULL), and expected_version is checked against
+ * the final head.  Rows of our own transaction, including ones of
+ * subtransactions still open, are our head; rows of a subtransaction that
+ * rolled back are invisible.  Appends to different streams take different
+ * short locks, and wait only for a hash collision (2^-64), never for a
+ * transaction.
+ *
+ * Cost: one lock table entry at a time per appender (more, briefly, for a
+ * batch of caller-given ids or a bulk import's batch), acquired and
+ * released per append; the dirty index probe replaces the fresh snapshot an
+ * append used to take after its lock.  Deadlocks are the same as before: a
+ * transaction that appended to S and waits for one that waits for S.
  *
  * Privileges.  The SQL entry points act as the caller and check what
  * PostgreSQL would check for the equivalent plain SQL, first thing, before
@@ -58,6 +91,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "compat.h"
 #include "pg_cqrs.h"
@@ -242,41 +276,75 @@ CqrsPrepareKept(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+static void
+stream_locktag(LOCKTAG *tag, const char *stream, int len)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) stream, len,
+										CQRS_STREAM_HASH_SEED);
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 CQRS_LOCKTAG_STREAM);
+}
+
+static void
+event_id_locktag(LOCKTAG *tag, const pg_uuid_t *id)
+{
+	uint64		h = hash_bytes_extended(id->data, UUID_LEN, CQRS_STREAM_HASH_SEED);
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 CQRS_LOCKTAG_EVENT_ID);
+}
+
 /*
  * CqrsLockStream
- *		Take the stream's append lock until the end of the transaction.
+ *		Take the stream's short append lock (see the file header); release
+ *		it with CqrsUnlockStream once the new rows are inserted.  An error
+ *		in between releases it with the (sub)transaction.
  */
 void
 CqrsLockStream(const char *stream, int len)
 {
 	LOCKTAG		tag;
-	uint64		h = hash_bytes_extended((const unsigned char *) stream, len,
-										CQRS_STREAM_HASH_SEED);
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 CQRS_LOCKTAG_STREAM);
+	stream_locktag(&tag, stream, len);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+void
+CqrsUnlockStream(const char *stream, int len)
+{
+	LOCKTAG		tag;
+
+	stream_locktag(&tag, stream, len);
+	LockRelease(&tag, ExclusiveLock, false);
 }
 
 /*
  * CqrsLockEventId
- *		Take the lock on a caller-given event id until the end of the
- *		transaction.
+ *		Take the short lock on a caller-given event id.
  *
  * Two transactions appending the same id to different streams would
  * otherwise both find it unrecorded, and the second would only learn of the
- * first from the unique index, with a generic message.  Holding this lock,
- * the second waits, then finds the id recorded and names its stream.
+ * first from the unique index, with a generic message.  Holding this lock
+ * from the lookup until its row is inserted, the second finds the first's
+ * row (in progress: it waits for it), then names its stream.
  */
 void
 CqrsLockEventId(const pg_uuid_t *id)
 {
 	LOCKTAG		tag;
-	uint64		h = hash_bytes_extended(id->data, UUID_LEN, CQRS_STREAM_HASH_SEED);
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 CQRS_LOCKTAG_EVENT_ID);
+	event_id_locktag(&tag, id);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+void
+CqrsUnlockEventId(const pg_uuid_t *id)
+{
+	LOCKTAG		tag;
+
+	event_id_locktag(&tag, id);
+	LockRelease(&tag, ExclusiveLock, false);
 }
 
 /*
@@ -363,6 +431,55 @@ CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	return found;
+}
+
+/*
+ * A dirty snapshot for a probe: it shows rows still in progress, and its
+ * xmin tells, after the probe, the inserter of the row returned when that
+ * is another transaction still in progress; InvalidTransactionId for a
+ * committed row or one of our own transaction.
+ */
+static inline void
+dirty_init(SnapshotData *dirty)
+{
+	InitDirtySnapshot(*dirty);
+	/* InitDirtySnapshot sets only the type; the probe sets these per row */
+	dirty->xmin = InvalidTransactionId;
+	dirty->xmax = InvalidTransactionId;
+}
+
+/*
+ * CqrsStreamHeadForAppend
+ *		The stream's head including rows still in progress, read under its
+ *		short lock.  Returns the transaction to wait for when the head row
+ *		is another's, uncommitted; then version and position are not final.
+ */
+TransactionId
+CqrsStreamHeadForAppend(Relation events, text *stream, int64 *version, int64 *position)
+{
+	SnapshotData dirty;
+
+	dirty_init(&dirty);
+	if (!CqrsStreamHead(events, stream, &dirty, version, position))
+		return InvalidTransactionId;
+	return dirty.xmin;
+}
+
+/*
+ * CqrsFindEventForAppend
+ *		CqrsFindEvent including rows still in progress.  Returns the
+ *		transaction to wait for when the row found is another's,
+ *		uncommitted; then *found is not final.
+ */
+TransactionId
+CqrsFindEventForAppend(Relation events, pg_uuid_t *id, bool *found,
+					   text **stream, int64 *version, int64 *position)
+{
+	SnapshotData dirty;
+
+	dirty_init(&dirty);
+	*found = CqrsFindEvent(events, id, &dirty, stream, version, position);
+	return *found ? dirty.xmin : InvalidTransactionId;
 }
 
 /*

@@ -125,11 +125,17 @@ extern void CqrsCheckEventLogPrivilege(AclMode mode);
 extern bool CqrsDigestsInstalled(void);
 extern SPIPlanPtr CqrsPrepareKept(const char *sql, int nargs, Oid *argtypes);
 extern void CqrsLockStream(const char *stream, int len);
+extern void CqrsUnlockStream(const char *stream, int len);
 extern void CqrsLockEventId(const pg_uuid_t *id);
+extern void CqrsUnlockEventId(const pg_uuid_t *id);
 extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
 						   int64 *version, int64 *position);
 extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
 						  text **stream, int64 *version, int64 *position);
+extern TransactionId CqrsStreamHeadForAppend(Relation events, text *stream,
+											 int64 *version, int64 *position);
+extern TransactionId CqrsFindEventForAppend(Relation events, pg_uuid_t *id, bool *found,
+											text **stream, int64 *version, int64 *position);
 extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
 extern char *CqrsQualifiedName(Oid relid);
 
@@ -263,7 +269,7 @@ extern int64 CqrsSafePosition(Relation events);
 #define CQRS_MAX_TYPE_LEN		256
 
 extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
-							 Jsonb *metadata, bool lock_stream);
+							 Jsonb *metadata);
 
 /* rowhash.c */
 #define CQRS_DIGEST_BUCKETS 1024
