@@ -13,7 +13,8 @@
 EXTENSION    = pg_cqrs
 MODULE_big   = pg_cqrs
 DATA         = sql/pg_cqrs--0.1.0.sql sql/pg_cqrs--0.1.0--0.2.0.sql \
-	       sql/pg_cqrs--0.2.0--0.3.0.sql sql/pg_cqrs--0.3.0--0.4.0.sql
+	       sql/pg_cqrs--0.2.0--0.3.0.sql sql/pg_cqrs--0.3.0--0.4.0.sql \
+	       sql/pg_cqrs--0.4.0--0.5.0.sql
 PGFILEDESC   = "pg_cqrs - CQRS and event sourcing inside PostgreSQL"
 
 OBJS = \
@@ -21,6 +22,8 @@ OBJS = \
 	src/wakeup.o \
 	src/horizon.o \
 	src/eventlog.o \
+	src/import.o \
+	src/event_input.o \
 	src/append.o \
 	src/read.o \
 	src/guard.o \

@@ -335,6 +335,21 @@ SELECT cqrs.wait_for_projection('everything', :head + 1, '100 ms');
 SELECT cqrs.projection_position('everything') = :head AS at_head;
 
 --
+-- appends made under session_replication_role = replica reach sync
+-- projections too (0.5.0: the append applies them, no trigger that
+-- replica mode would switch off); a superuser's direct INSERT, a restore,
+-- is not applied: its read tables are restored with it
+--
+SET session_replication_role = replica;
+SELECT version FROM cqrs.append('order-12', 'OrderPlaced', '{}');
+RESET session_replication_role;
+SELECT stream, version, type, n FROM everything WHERE stream = 'order-12';
+SELECT nextval('cqrs.events_position_seq') AS restored_position \gset
+INSERT INTO cqrs.events (position, stream, version, id, type, data)
+VALUES (:restored_position, 'restored-1', 1, gen_random_uuid(), 'Restored', '{}');
+SELECT count(*) AS restored_rows_applied FROM everything WHERE stream = 'restored-1';
+
+--
 -- drop: the read table stays, and is no longer kept up to date
 --
 SELECT cqrs.drop_projection('everything');

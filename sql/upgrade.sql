@@ -127,12 +127,31 @@ SELECT * FROM order_totals ORDER BY stream;
 SELECT * FROM cqrs.verify('order_totals');
 
 --
+-- on to 0.5.0 (appends apply sync projections themselves; the trigger
+-- goes).  Above, the 0.4.0 schema already ran under this library, whose
+-- old trigger does nothing: each event was applied once, by the append.
+--
+ALTER EXTENSION pg_cqrs UPDATE TO '0.5.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
+SELECT count(*) AS sync_triggers FROM pg_trigger
+ WHERE tgrelid = 'cqrs.events'::regclass AND tgname = 'events_apply_sync_projections';
+SELECT position AS last FROM cqrs.append('order-3', 'OrderDelivered', '{"total": 5}') \gset
+SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
+SELECT * FROM order_totals ORDER BY stream;
+SELECT * FROM cqrs.verify('order_totals');
+
+--
 -- the updated extension has exactly the objects, and the same definitions,
 -- as a fresh CREATE EXTENSION of the default version
 --
 CREATE TEMP TABLE members_updated AS
 SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS object,
-       CASE WHEN d.classid = 'pg_proc'::regclass THEN pg_get_functiondef(d.objid)
+       CASE WHEN d.classid = 'pg_proc'::regclass
+                 AND (SELECT prokind FROM pg_proc WHERE oid = d.objid) = 'a'
+                 THEN (SELECT format('%s %s %s %s', aggtransfn, aggtranstype::regtype,
+                                     aggfinalfn, aggfinalmodify)
+                         FROM pg_aggregate WHERE aggfnoid = d.objid)
+            WHEN d.classid = 'pg_proc'::regclass THEN pg_get_functiondef(d.objid)
             WHEN d.classid = 'pg_class'::regclass
                  AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'v'
                  THEN pg_get_viewdef(d.objid) END AS definition
@@ -158,7 +177,12 @@ CREATE EXTENSION pg_cqrs;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
 CREATE TEMP TABLE members_fresh AS
 SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS object,
-       CASE WHEN d.classid = 'pg_proc'::regclass THEN pg_get_functiondef(d.objid)
+       CASE WHEN d.classid = 'pg_proc'::regclass
+                 AND (SELECT prokind FROM pg_proc WHERE oid = d.objid) = 'a'
+                 THEN (SELECT format('%s %s %s %s', aggtransfn, aggtranstype::regtype,
+                                     aggfinalfn, aggfinalmodify)
+                         FROM pg_aggregate WHERE aggfnoid = d.objid)
+            WHEN d.classid = 'pg_proc'::regclass THEN pg_get_functiondef(d.objid)
             WHEN d.classid = 'pg_class'::regclass
                  AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'v'
                  THEN pg_get_viewdef(d.objid) END AS definition

@@ -34,11 +34,8 @@
  * executing one, we tell the guard (guard.c) that the next INSERT on the
  * log is ours: every other INSERT or COPY by an ordinary role is refused.
  *
- * Limits.  A stream name takes at most CQRS_MAX_STREAM_LEN bytes, so that it
- * always fits the (stream, version) index, whose entries must fit a third
- * of a page even when the name does not compress; a type at most
- * CQRS_MAX_TYPE_LEN.  cqrs.max_event_size bounds the uncompressed size of
- * the stream, type, data and metadata together.  All three raise 54000.
+ * The checks of step 0 and 1, and the limits on names and sizes, are in
+ * event_input.c; bulk import (import.c) writes through CqrsWriteEvents.
  *
  * Under REPEATABLE READ or SERIALIZABLE, a head newer than the transaction
  * snapshot means another transaction appended to the stream since ours
@@ -56,38 +53,32 @@
 
 #include <ctype.h>
 
+#include "access/detoast.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
-#include "access/detoast.h"
 #include "catalog/pg_type.h"
-#include "miscadmin.h"
-#include "storage/lmgr.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
-#include "utils/array.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "tcop/utility.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #include "pg_cqrs.h"
 
 PG_FUNCTION_INFO_V1(cqrs_append);
 PG_FUNCTION_INFO_V1(cqrs_append_events);
-
-/* One event to append, validated. */
-typedef struct NewEvent
-{
-	text	   *type;
-	Jsonb	   *data;
-	Jsonb	   *metadata;
-	bool		has_id;
-	pg_uuid_t	id;
-} NewEvent;
 
 /* Result of an append: the last event's version and position. */
 typedef struct AppendResult
@@ -96,255 +87,8 @@ typedef struct AppendResult
 	int64		position;
 } AppendResult;
 
-static SPIPlanPtr insert_one_plan = NULL;
-static SPIPlanPtr insert_many_plan = NULL;
-
-/* ----------------------------------------------------------------
- * Validation
- * ----------------------------------------------------------------
- */
-
-/*
- * What any append checks first, before it looks at its arguments: that the
- * current user may append (INSERT on cqrs.events, 42501) and that the
- * transaction may write (25006, naming the function rather than the
- * nextval() or INSERT it would otherwise fail in).
- */
-static void
-check_may_append(const char *function)
-{
-	CqrsCheckEventLogPrivilege(ACL_INSERT);
-	PreventCommandDuringRecovery(function);
-	PreventCommandIfReadOnly(function);
-}
-
-/*
- * A stream or type: at most maxlen bytes (54000).  what names it in
- * messages; where, the event.
- */
-static void
-check_name_length(text *t, int maxlen, const char *what)
-{
-	int			len = VARSIZE_ANY_EXHDR(t);
-
-	if (len > maxlen)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s is too long", what),
-				 errdetail("It takes %d bytes; the limit is %d bytes.", len, maxlen)));
-}
-
-static text *
-check_name_arg(FunctionCallInfo fcinfo, int argno, const char *what)
-{
-	text	   *t;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-	t = PG_GETARG_TEXT_PP(argno);
-	if (VARSIZE_ANY_EXHDR(t) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", what)));
-	return t;
-}
-
-static bool
-check_expected_version(FunctionCallInfo fcinfo, int argno, int64 *expected)
-{
-	if (PG_ARGISNULL(argno))
-		return false;
-	*expected = PG_GETARG_INT64(argno);
-	if (*expected < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("expected_version must not be negative"),
-				 errdetail("Use NULL for any version, 0 for a new stream, or the stream's current version.")));
-	return true;
-}
-
-/* A JSON null at the root: the jsonb 'null'. */
-static bool
-jsonb_is_null(Jsonb *jb)
-{
-	JsonbValue	v;
-
-	if (!JB_ROOT_IS_SCALAR(jb))
-		return false;
-	return JsonbExtractScalar(&jb->root, &v) && v.type == jbvNull;
-}
-
-static Jsonb *
-empty_object(void)
-{
-	JsonbValue	v;
-
-	v.type = jbvObject;
-	v.val.object.nPairs = 0;
-	v.val.object.pairs = NULL;
-	return JsonbValueToJsonb(&v);
-}
-
-/*
- * An event's metadata must be a JSON object; NULL, in SQL or in JSON, means
- * {}: serializers often write absent optional fields as null.
- */
-static Jsonb *
-check_metadata(Jsonb *metadata, const char *where)
-{
-	if (metadata == NULL || jsonb_is_null(metadata))
-		return empty_object();
-	if (!JB_ROOT_IS_OBJECT(metadata))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("metadata of %s must be a JSON object", where)));
-	return metadata;
-}
-
-/*
- * The type's length cap, and cqrs.max_event_size over the uncompressed
- * sizes of the event's stream, type, data and metadata.  The stream's own
- * cap is checked once per append, by the caller.
- */
-static void
-check_event_size(text *stream, NewEvent *ev, const char *where)
-{
-	Size		size;
-
-	check_name_length(ev->type, CQRS_MAX_TYPE_LEN, "type");
-	size = VARSIZE_ANY_EXHDR(stream) + VARSIZE_ANY_EXHDR(ev->type) +
-		toast_raw_datum_size(PointerGetDatum(ev->data)) +
-		toast_raw_datum_size(PointerGetDatum(ev->metadata));
-
-	if (size > (Size) cqrs_max_event_size)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s is too large", where),
-				 errdetail("Its stream, type, data and metadata take %zu bytes, more than cqrs.max_event_size (%d bytes).",
-						   size, cqrs_max_event_size)));
-}
-
-/* ----------------------------------------------------------------
- * Parsing the events array of append_events
- * ----------------------------------------------------------------
- */
-
-static void
-batch_error(int n, const char *fmt, const char *arg)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid event %d in events", n),
-			 errdetail(fmt, arg),
-			 errhint("events must be a non-empty JSON array of objects {\"type\": ..., \"data\": ..., \"metadata\": ..., \"id\": ...}; metadata and id are optional.")));
-}
-
-/*
- * Whether s can be given to uuid_in: 32 hex digits, hyphens and an optional
- * pair of braces.  Checked first so that a bad id in a batch gets the same
- * error as any other bad field; uuid_in remains the judge of hyphen placement.
- */
-static bool
-looks_like_uuid(const char *s, int len)
-{
-	int			digits = 0;
-
-	for (int i = 0; i < len; i++)
-	{
-		if (isxdigit((unsigned char) s[i]))
-			digits++;
-		else if (s[i] != '-' && !(s[i] == '{' && i == 0) && !(s[i] == '}' && i == len - 1))
-			return false;
-	}
-	return digits == 32;
-}
-
-/*
- * Parse element n (1-based, for messages) of the events array into ev.
- */
-static void
-parse_event(text *stream, JsonbValue *elem, int n, NewEvent *ev)
-{
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	bool		has_type = false,
-				has_data = false;
-	char		where[64];
-
-	if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
-		batch_error(n, "%s", "It is not a JSON object.");
-
-	memset(ev, 0, sizeof(*ev));
-	it = JsonbIteratorInit(elem->val.binary.data);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		char	   *key;
-		JsonbValue	val;
-
-		if (tok != WJB_KEY)
-			continue;
-		key = pnstrdup(v.val.string.val, v.val.string.len);
-		tok = JsonbIteratorNext(&it, &val, true);
-		Assert(tok == WJB_VALUE);
-
-		if (strcmp(key, "type") == 0)
-		{
-			if (val.type != jbvString)
-				batch_error(n, "%s", "Its \"type\" is not a JSON string.");
-			if (val.val.string.len == 0)
-				batch_error(n, "%s", "Its \"type\" is empty.");
-			ev->type = cstring_to_text_with_len(val.val.string.val, val.val.string.len);
-			has_type = true;
-		}
-		else if (strcmp(key, "data") == 0)
-		{
-			if (val.type == jbvNull)
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("data of event %d in events must not be null", n)));
-			ev->data = JsonbValueToJsonb(&val);
-			has_data = true;
-		}
-		else if (strcmp(key, "metadata") == 0)
-		{
-			if (val.type == jbvNull)
-				continue;
-			if (val.type != jbvBinary || !JsonContainerIsObject(val.val.binary.data))
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("metadata of event %d in events must be a JSON object", n)));
-			ev->metadata = JsonbValueToJsonb(&val);
-		}
-		else if (strcmp(key, "id") == 0)
-		{
-			Datum		d;
-
-			if (val.type == jbvNull)
-				continue;
-			if (val.type != jbvString || !looks_like_uuid(val.val.string.val, val.val.string.len))
-				batch_error(n, "%s", "Its \"id\" is not a JSON string holding a UUID.");
-			d = DirectFunctionCall1(uuid_in,
-									CStringGetDatum(pnstrdup(val.val.string.val,
-															 val.val.string.len)));
-			memcpy(&ev->id, DatumGetUUIDP(d), sizeof(pg_uuid_t));
-			ev->has_id = true;
-		}
-		else
-			batch_error(n, "It has an unknown key \"%s\".", key);
-	}
-
-	if (!has_type)
-		batch_error(n, "%s", "It has no \"type\".");
-	if (!has_data)
-		batch_error(n, "%s", "It has no \"data\".");
-
-	snprintf(where, sizeof(where), "event %d in events", n);
-	ev->metadata = check_metadata(ev->metadata, where);
-	check_event_size(stream, ev, where);
-}
+static SPIPlanPtr insert_one_plan = NULL;	/* one event */
+static SPIPlanPtr insert_many_plan = NULL;	/* any number, any streams */
 
 /* ----------------------------------------------------------------
  * Writing
@@ -376,93 +120,95 @@ execute_insert(SPIPlanPtr plan, Datum *values, const char *nulls)
 }
 
 static Datum
-int8_array(int64 *values, int n)
+array_of(Datum *elems, int n, Oid type)
 {
-	Datum	   *d = palloc(n * sizeof(Datum));
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
 
-	for (int i = 0; i < n; i++)
-		d[i] = Int64GetDatum(values[i]);
-	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(elems, n, type, typlen, typbyval, typalign));
 }
 
 /*
- * Insert n events of one stream at the given positions and versions.  One
- * row goes through a VALUES plan; more go through one INSERT ... SELECT
- * over unnest(), so a batch costs one executor run, not n.
+ * Insert n events, positions and versions set.  One row goes through a
+ * VALUES plan; more go through one INSERT ... SELECT over unnest(), so a
+ * batch costs one executor run, not n.  recorded_at is given rather than
+ * left to the column's default (now(), the same value) so that the rows
+ * handed to sync projections are exactly the stored ones.
  */
 static void
-insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versions)
+insert_events(CqrsNewEvent *evs, int n, TimestampTz recorded_at)
 {
+	Datum		values[8];
+	char		nulls[8];
 	int			rc;
 	int			nestlevel;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
+	CqrsSPIConnect();
 	nestlevel = CqrsRestrictSearchPath();
+	memset(nulls, ' ', sizeof(nulls));
 
 	if (n == 1)
 	{
-		Datum		values[7];
-		char		nulls[7];
-
-		memset(nulls, ' ', sizeof(nulls));
 		if (insert_one_plan == NULL)
 		{
-			Oid			types[7] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID};
+			Oid			types[8] = {INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID,
+			JSONBOID, TIMESTAMPTZOID};
 
 			insert_one_plan = CqrsPrepareKept(
 				"INSERT INTO cqrs.events"
-				" (\"position\", stream, version, id, type, data, metadata)"
-				" VALUES ($1, $2, $3, $4, $5, $6, $7)", 7, types);
+				" (\"position\", stream, version, id, type, data, metadata, recorded_at)"
+				" VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", 8, types);
 		}
-		values[0] = Int64GetDatum(positions[0]);
-		values[1] = PointerGetDatum(stream);
-		values[2] = Int64GetDatum(versions[0]);
+		values[0] = Int64GetDatum(evs[0].position);
+		values[1] = PointerGetDatum(evs[0].stream);
+		values[2] = Int64GetDatum(evs[0].version);
 		values[3] = UUIDPGetDatum(&evs[0].id);
 		values[4] = PointerGetDatum(evs[0].type);
 		values[5] = JsonbPGetDatum(evs[0].data);
 		values[6] = JsonbPGetDatum(evs[0].metadata);
+		values[7] = TimestampTzGetDatum(recorded_at);
 		rc = execute_insert(insert_one_plan, values, nulls);
 	}
 	else
 	{
-		Datum		values[7];
-		char		nulls[7];
-		Datum	   *ids = palloc(n * sizeof(Datum));
-		Datum	   *types = palloc(n * sizeof(Datum));
-		Datum	   *datas = palloc(n * sizeof(Datum));
-		Datum	   *metas = palloc(n * sizeof(Datum));
-
-		memset(nulls, ' ', sizeof(nulls));
+		Datum	   *cols[7];
 
 		if (insert_many_plan == NULL)
 		{
-			Oid			argtypes[7] = {TEXTOID, INT8ARRAYOID, INT8ARRAYOID, UUIDARRAYOID,
-			TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID};
+			Oid			argtypes[8] = {INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, UUIDARRAYOID,
+			TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID};
 
 			insert_many_plan = CqrsPrepareKept(
 				"INSERT INTO cqrs.events"
-				" (\"position\", stream, version, id, type, data, metadata)"
-				" SELECT u.p, $1, u.v, u.i, u.t, u.d, u.m"
-				" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
-				"  pg_catalog.unnest($4), pg_catalog.unnest($5),"
-				"  pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(p, v, i, t, d, m)",
-				7, argtypes);
+				" (\"position\", stream, version, id, type, data, metadata, recorded_at)"
+				" SELECT u.p, u.s, u.v, u.i, u.t, u.d, u.m, $8"
+				" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+				"  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+				"  pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(p, s, v, i, t, d, m)",
+				8, argtypes);
 		}
+		for (int c = 0; c < 7; c++)
+			cols[c] = palloc(n * sizeof(Datum));
 		for (int i = 0; i < n; i++)
 		{
-			ids[i] = UUIDPGetDatum(&evs[i].id);
-			types[i] = PointerGetDatum(evs[i].type);
-			datas[i] = JsonbPGetDatum(evs[i].data);
-			metas[i] = JsonbPGetDatum(evs[i].metadata);
+			cols[0][i] = Int64GetDatum(evs[i].position);
+			cols[1][i] = PointerGetDatum(evs[i].stream);
+			cols[2][i] = Int64GetDatum(evs[i].version);
+			cols[3][i] = UUIDPGetDatum(&evs[i].id);
+			cols[4][i] = PointerGetDatum(evs[i].type);
+			cols[5][i] = JsonbPGetDatum(evs[i].data);
+			cols[6][i] = JsonbPGetDatum(evs[i].metadata);
 		}
-		values[0] = PointerGetDatum(stream);
-		values[1] = int8_array(positions, n);
-		values[2] = int8_array(versions, n);
-		values[3] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-		values[4] = PointerGetDatum(construct_array(types, n, TEXTOID, -1, false, TYPALIGN_INT));
-		values[5] = PointerGetDatum(construct_array(datas, n, JSONBOID, -1, false, TYPALIGN_INT));
-		values[6] = PointerGetDatum(construct_array(metas, n, JSONBOID, -1, false, TYPALIGN_INT));
+		values[0] = array_of(cols[0], n, INT8OID);
+		values[1] = array_of(cols[1], n, TEXTOID);
+		values[2] = array_of(cols[2], n, INT8OID);
+		values[3] = array_of(cols[3], n, UUIDOID);
+		values[4] = array_of(cols[4], n, TEXTOID);
+		values[5] = array_of(cols[5], n, JSONBOID);
+		values[6] = array_of(cols[6], n, JSONBOID);
+		values[7] = TimestampTzGetDatum(recorded_at);
 		rc = execute_insert(insert_many_plan, values, nulls);
 	}
 
@@ -471,6 +217,96 @@ insert_events(text *stream, NewEvent *evs, int n, int64 *positions, int64 *versi
 			 n, SPI_result_code_string(rc));
 	CqrsRestoreSearchPath(nestlevel);
 	SPI_finish();
+}
+
+/*
+ * Hand the events just written to the running sync projections, in the
+ * writing transaction: the rows as stored (heap tuples of the log's
+ * descriptor, so handlers get a cqrs.events value), in position order.
+ *
+ * The append applies them itself rather than through a trigger on the log
+ * (up to 0.4.0, a statement-level AFTER INSERT trigger with a transition
+ * table), so an append pays nothing for sync projections when none runs,
+ * and every append reaches them, session_replication_role = replica
+ * included (a trigger is not fired there unless ENABLE ALWAYS).  Rows
+ * written into the log other than by an append, which only the log's owner
+ * or a superuser can do (guard.c), are restores: their read tables come
+ * with them, and they are not applied.
+ */
+static void
+apply_sync_projections(Relation events, List *sync, CqrsNewEvent *evs, int n,
+					   TimestampTz recorded_at)
+{
+	TupleDesc	desc = RelationGetDescr(events);
+	Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
+	Datum	   *values = palloc0(desc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(desc->natts * sizeof(bool));
+	ListCell   *lc;
+
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tuple;
+
+		/* a dropped column, should the log ever have one, is null */
+		memset(nulls, true, desc->natts * sizeof(bool));
+		values[Anum_events_position - 1] = Int64GetDatum(evs[i].position);
+		values[Anum_events_stream - 1] = PointerGetDatum(evs[i].stream);
+		values[Anum_events_version - 1] = Int64GetDatum(evs[i].version);
+		values[Anum_events_id - 1] = UUIDPGetDatum(&evs[i].id);
+		values[Anum_events_type - 1] = PointerGetDatum(evs[i].type);
+		values[Anum_events_data - 1] = JsonbPGetDatum(evs[i].data);
+		values[Anum_events_metadata - 1] = JsonbPGetDatum(evs[i].metadata);
+		values[Anum_events_recorded_at - 1] = TimestampTzGetDatum(recorded_at);
+		for (int a = Anum_events_position; a <= Anum_events_recorded_at; a++)
+			nulls[a - 1] = false;
+		tuple = heap_form_tuple(desc, values, nulls);
+		tuplestore_puttuple(store, tuple);
+		heap_freetuple(tuple);
+	}
+
+	foreach(lc, sync)
+		(void) CqrsApplyEvents((CqrsProjection *) lfirst(lc), store, desc, NULL, PG_INT64_MAX);
+	tuplestore_end(store);
+}
+
+/*
+ * CqrsWriteEvents
+ *		Write n checked events whose streams, versions and ids are settled:
+ *		take their positions, in array order, insert them, and apply them to
+ *		the running sync projections.
+ *
+ * The caller holds the short locks of the events' streams (eventlog.c) and
+ * releases them afterwards; events without an id get a generated one.
+ * Holding the locks while sync projections run costs nothing: an appender
+ * to the same stream would find our rows and wait for our transaction
+ * anyway.
+ */
+void
+CqrsWriteEvents(Relation events, CqrsNewEvent *evs, int n)
+{
+	Oid			seq = CqrsEventLog()->position_seq;
+	TimestampTz recorded_at = GetCurrentTransactionStartTimestamp();
+	List	   *sync;
+
+	/* before any position: see "Locking for sync projections" in projection.c */
+	sync = CqrsLockProjectionsForAppend();
+	CqrsHorizonBeginAppend(events);
+
+	for (int i = 0; i < n; i++)
+	{
+		evs[i].position = nextval_internal(seq, false);
+		CqrsHorizonNoteAllocated(evs[i].position);
+		if (!evs[i].has_id)
+		{
+			Datum		u = DirectFunctionCall1(gen_random_uuid, (Datum) 0);
+
+			memcpy(&evs[i].id, DatumGetUUIDP(u), sizeof(pg_uuid_t));
+		}
+	}
+
+	insert_events(evs, n, recorded_at);
+	if (sync != NIL)
+		apply_sync_projections(events, sync, evs, n, recorded_at);
 }
 
 /* ----------------------------------------------------------------
@@ -509,7 +345,7 @@ typedef struct AppendLocks
  * given twice is an error.
  */
 static void
-collect_ids(text *stream, NewEvent *evs, int n, AppendLocks *locks)
+collect_ids(text *stream, CqrsNewEvent *evs, int n, AppendLocks *locks)
 {
 	locks->stream = stream;
 	locks->ids = palloc(n * sizeof(pg_uuid_t));
@@ -561,7 +397,7 @@ release_locks(AppendLocks *locks)
  * again.
  */
 static bool
-find_recorded(Relation events, text *stream, NewEvent *evs, int n,
+find_recorded(Relation events, text *stream, CqrsNewEvent *evs, int n,
 			  AppendResult *result, TransactionId *wait_for)
 {
 	int			recorded = 0;
@@ -618,12 +454,12 @@ find_recorded(Relation events, text *stream, NewEvent *evs, int n,
 }
 
 /*
- * Append n validated events to stream.  See the file header for the steps,
+ * Append n checked events to stream.  See the file header for the steps,
  * and eventlog.c for why the stream's short lock and the dirty head make
  * appends to one stream run one at a time.
  */
 static AppendResult
-append_to_stream(text *stream, NewEvent *evs, int n,
+append_to_stream(text *stream, CqrsNewEvent *evs, int n,
 				 bool has_expected, int64 expected)
 {
 	Relation	events;
@@ -631,9 +467,6 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 	AppendLocks locks;
 	int64		head_version,
 				head_position;
-	int64	   *positions;
-	int64	   *versions;
-	Oid			seq;
 
 	events = CqrsOpenEventLog(RowExclusiveLock);
 	collect_ids(stream, evs, n, &locks);
@@ -683,33 +516,18 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 						   (long long) expected, (long long) head_version),
 				 errhint("Reload the stream and retry the command.")));
 
-	/* before any position: see "Locking for sync projections" in projection.c */
-	CqrsLockProjectionsForAppend();
-	CqrsHorizonBeginAppend(events);
-
-	seq = CqrsEventLog()->position_seq;
-	positions = palloc(n * sizeof(int64));
-	versions = palloc(n * sizeof(int64));
 	for (int i = 0; i < n; i++)
 	{
-		positions[i] = nextval_internal(seq, false);
-		CqrsHorizonNoteAllocated(positions[i]);
-		versions[i] = head_version + i + 1;
-		if (!evs[i].has_id)
-		{
-			Datum		u = DirectFunctionCall1(gen_random_uuid, (Datum) 0);
-
-			memcpy(&evs[i].id, DatumGetUUIDP(u), sizeof(pg_uuid_t));
-		}
+		evs[i].stream = stream;
+		evs[i].version = head_version + i + 1;
 	}
-
-	insert_events(stream, evs, n, positions, versions);
+	CqrsWriteEvents(events, evs, n);
 	/* our rows are in the index: the next appender will see them */
 	release_locks(&locks);
 	table_close(events, NoLock);
 
-	result.version = versions[n - 1];
-	result.position = positions[n - 1];
+	result.version = evs[n - 1].version;
+	result.position = evs[n - 1].position;
 	return result;
 }
 
@@ -739,9 +557,9 @@ append_to_stream(text *stream, NewEvent *evs, int n,
 int64
 CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata)
 {
-	NewEvent	ev;
+	CqrsNewEvent	ev;
 
-	check_may_append("cqrs.append()");
+	CqrsCheckMayAppend("cqrs.append()");
 	if (stream == NULL || VARSIZE_ANY_EXHDR(stream) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -756,12 +574,12 @@ CqrsAppendEvent(text *stream, text *type, Jsonb *data, Jsonb *metadata)
 				 errmsg("data must not be null")));
 
 	stream = pg_detoast_datum_packed(stream);
-	check_name_length(stream, CQRS_MAX_STREAM_LEN, "stream name");
+	CqrsCheckNameLength(stream, CQRS_MAX_STREAM_LEN, "stream name");
 	memset(&ev, 0, sizeof(ev));
 	ev.type = pg_detoast_datum_packed(type);
 	ev.data = data;
-	ev.metadata = check_metadata(metadata, "the event");
-	check_event_size(stream, &ev, "the event");
+	ev.metadata = CqrsCheckMetadata(metadata, "the event");
+	CqrsCheckEventSize(stream, &ev, "the event");
 
 	return append_to_stream(stream, &ev, 1, false, 0).position;
 }
@@ -832,29 +650,29 @@ static AppendResult
 append_one(FunctionCallInfo fcinfo)
 {
 	text	   *stream;
-	NewEvent	ev;
+	CqrsNewEvent	ev;
 	bool		has_expected;
 	int64		expected = 0;
 
-	check_may_append("cqrs.append()");
-	stream = check_name_arg(fcinfo, 0, "stream");
-	check_name_length(stream, CQRS_MAX_STREAM_LEN, "stream name");
+	CqrsCheckMayAppend("cqrs.append()");
+	stream = CqrsCheckNameArg(fcinfo, 0, "stream");
+	CqrsCheckNameLength(stream, CQRS_MAX_STREAM_LEN, "stream name");
 	memset(&ev, 0, sizeof(ev));
-	ev.type = check_name_arg(fcinfo, 1, "type");
-	if (PG_ARGISNULL(2) || jsonb_is_null(PG_GETARG_JSONB_P(2)))
+	ev.type = CqrsCheckNameArg(fcinfo, 1, "type");
+	if (PG_ARGISNULL(2) || CqrsJsonbIsNull(PG_GETARG_JSONB_P(2)))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("data must not be null"),
 				 errhint("Use an empty object {} for an event without payload.")));
 	ev.data = PG_GETARG_JSONB_P(2);
-	ev.metadata = check_metadata(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), "the event");
-	has_expected = check_expected_version(fcinfo, 4, &expected);
+	ev.metadata = CqrsCheckMetadata(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), "the event");
+	has_expected = CqrsCheckExpectedVersion(fcinfo, 4, &expected);
 	if (!PG_ARGISNULL(5))
 	{
 		memcpy(&ev.id, PG_GETARG_UUID_P(5), sizeof(pg_uuid_t));
 		ev.has_id = true;
 	}
-	check_event_size(stream, &ev, "the event");
+	CqrsCheckEventSize(stream, &ev, "the event");
 
 	return append_to_stream(stream, &ev, 1, has_expected, expected);
 }
@@ -864,14 +682,14 @@ append_many(FunctionCallInfo fcinfo)
 {
 	text	   *stream;
 	Jsonb	   *batch;
-	NewEvent   *evs;
+	CqrsNewEvent   *evs;
 	int			n;
 	bool		has_expected;
 	int64		expected = 0;
 
-	check_may_append("cqrs.append_events()");
-	stream = check_name_arg(fcinfo, 0, "stream");
-	check_name_length(stream, CQRS_MAX_STREAM_LEN, "stream name");
+	CqrsCheckMayAppend("cqrs.append_events()");
+	stream = CqrsCheckNameArg(fcinfo, 0, "stream");
+	CqrsCheckNameLength(stream, CQRS_MAX_STREAM_LEN, "stream name");
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -888,14 +706,14 @@ append_many(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("events must not be an empty array")));
-	has_expected = check_expected_version(fcinfo, 2, &expected);
+	has_expected = CqrsCheckExpectedVersion(fcinfo, 2, &expected);
 
-	evs = palloc(n * sizeof(NewEvent));
+	evs = palloc(n * sizeof(CqrsNewEvent));
 	for (int i = 0; i < n; i++)
 	{
 		JsonbValue *elem = getIthJsonbValueFromContainer(&batch->root, i);
 
-		parse_event(stream, elem, i + 1, &evs[i]);
+		CqrsParseEvent(stream, elem, i + 1, &evs[i]);
 	}
 
 	return append_to_stream(stream, evs, n, has_expected, expected);

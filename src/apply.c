@@ -10,9 +10,9 @@
  * its read tables counted into their digests (digest.c).  Three callers
  * feed it events:
  *
- *	sync		the statement-level AFTER INSERT trigger on the log, with the
- *				statement's transition table, inside the appending
- *				transaction; and the catch-up of create/resume.
+ *	sync		the append itself (append.c), inside the appending
+ *				transaction, with the rows it just inserted; and the
+ *				catch-up of create/resume.
  *	deferred	a batch after the projection's checkpoint, up to the safe
  *				position (horizon.c), run by the worker or by
  *				cqrs.process_projections().
@@ -35,7 +35,8 @@
  * other projections go on.
  *
  * Calls down into catalog.c, digest.c, horizon.c, scope.c, eventlog.c and
- * wakeup.c; called by the worker, the lifecycle functions and replay.
+ * wakeup.c; called by appends (sync), the worker, the lifecycle functions
+ * and replay.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -388,34 +389,21 @@ CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
 /*
  * cqrs.apply_sync_projections() RETURNS trigger
  *
- * AFTER INSERT ... FOR EACH STATEMENT on cqrs.events, with the statement's
- * new events as the transition table: apply them to every running sync
- * projection.
+ * Up to 0.4.0, the statement-level AFTER INSERT trigger on the log that
+ * applied sync projections.  Appends apply them themselves now (append.c);
+ * 0.5.0's upgrade script drops the trigger.  The function stays because the
+ * 0.1.0 to 0.2.0 script, which every installation runs, creates it, and it
+ * does nothing: between installing this library and ALTER EXTENSION UPDATE
+ * the old trigger still fires, and applying there too would apply every
+ * event twice.
  */
 Datum
 cqrs_apply_sync_projections(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Oid			relid;
-	List	   *projections;
-	ListCell   *lc;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || trigdata->tg_newtable == NULL)
+	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("cqrs.apply_sync_projections() must be called as an AFTER INSERT statement trigger with a transition table")));
-
-	relid = CqrsProjectionsRelid();
-	if (!OidIsValid(relid))
-		return PointerGetDatum(NULL);
-	/* already held by cqrs.append; taken here for plain INSERT and COPY */
-	LockRelationOid(relid, RowExclusiveLock);
-
-	projections = CqrsSyncProjections(relid);
-	foreach(lc, projections)
-		CqrsApplyEvents((CqrsProjection *) lfirst(lc), trigdata->tg_newtable,
-						RelationGetDescr(trigdata->tg_relation), NULL, PG_INT64_MAX);
-
+				 errmsg("cqrs.apply_sync_projections() must be called as a trigger")));
 	return PointerGetDatum(NULL);
 }
 

@@ -91,15 +91,19 @@ CqrsProjectionsRelid(void)
 
 /*
  * CqrsLockProjectionsForAppend
- *		Called by appends before they take a position; see the file header.
+ *		Called by appends before they take a position (see "Locking for sync
+ *		projections" in projection.c); returns the running sync projections,
+ *		which the lock keeps from changing until the transaction ends.
  */
-void
+List *
 CqrsLockProjectionsForAppend(void)
 {
 	Oid			relid = CqrsEventLog()->projections;
 
-	if (OidIsValid(relid))
-		LockRelationOid(relid, RowExclusiveLock);
+	if (!OidIsValid(relid))
+		return NIL;
+	LockRelationOid(relid, RowExclusiveLock);
+	return CqrsSyncProjections(relid);
 }
 
 /*

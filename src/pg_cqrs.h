@@ -33,10 +33,12 @@
  *	capture.c			cqrs.capture/uncapture and the cqrs.captures catalog
  *	read.c				read_stream, read_all, stream_version, safe_position
  *	decoder.c			the logical decoding output plugin
- *	apply.c				calling handlers: sync trigger, deferred batches, rebuilds
+ *	import.c			cqrs.import_events: bulk import, many streams per batch
+ *	append.c			cqrs.append and cqrs.append_events; sync projections' turn
+ *	event_input.c		checking what appends are given: rights, names, sizes
+ *	apply.c				calling handlers: sync, deferred batches, rebuilds
  *	digest.c			read-table digests: deltas, their trigger, stored digests
  *	rowhash.c			row image hashes; a table's rows summed per key bucket
- *	append.c			cqrs.append and cqrs.append_events
  *	horizon.c			the safe read position: appenders' floors in shared memory
  *	catalog.c			cqrs.projections and cqrs.skipped_events, the sync cache
  *	scope.c				acting as the catalog's owner or as a projection's owner
@@ -230,7 +232,7 @@ typedef enum CqrsRowLock
 } CqrsRowLock;
 
 extern Oid	CqrsProjectionsRelid(void);
-extern void CqrsLockProjectionsForAppend(void);
+extern List *CqrsLockProjectionsForAppend(void);
 extern Oid	CqrsLockProjections(LOCKMODE mode);
 extern void CqrsProjectionsChanged(Oid relid);
 extern void CqrsSPIConnect(void);
@@ -262,14 +264,6 @@ extern void CqrsHorizonBeginAppend(Relation events);
 extern void CqrsHorizonNoteAllocated(int64 position);
 extern TransactionId CqrsHorizonHolder(int64 position);
 extern int64 CqrsSafePosition(Relation events);
-
-/* append.c */
-/* length caps in bytes (54000 beyond); a stream must fit its btree index */
-#define CQRS_MAX_STREAM_LEN		1024
-#define CQRS_MAX_TYPE_LEN		256
-
-extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
-							 Jsonb *metadata);
 
 /* rowhash.c */
 #define CQRS_DIGEST_BUCKETS 1024
@@ -348,6 +342,38 @@ extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
 extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
 extern int64 CqrsRebuildApply(const char *name, int64 upto);
 extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
+
+/* event_input.c */
+/* length caps in bytes (54000 beyond); a stream must fit its btree index */
+#define CQRS_MAX_STREAM_LEN		1024
+#define CQRS_MAX_TYPE_LEN		256
+
+/* One event to append, checked; version and position once written. */
+typedef struct CqrsNewEvent
+{
+	text	   *stream;
+	text	   *type;
+	Jsonb	   *data;
+	Jsonb	   *metadata;
+	bool		has_id;
+	pg_uuid_t	id;
+	int64		version;
+	int64		position;
+} CqrsNewEvent;
+
+extern void CqrsCheckMayAppend(const char *function);
+extern void CqrsCheckNameLength(text *t, int maxlen, const char *what);
+extern text *CqrsCheckNameArg(FunctionCallInfo fcinfo, int argno, const char *what);
+extern bool CqrsCheckExpectedVersion(FunctionCallInfo fcinfo, int argno, int64 *expected);
+extern bool CqrsJsonbIsNull(Jsonb *jb);
+extern Jsonb *CqrsCheckMetadata(Jsonb *metadata, const char *where);
+extern void CqrsCheckEventSize(text *stream, CqrsNewEvent *ev, const char *where);
+extern void CqrsParseEvent(text *stream, JsonbValue *elem, int n, CqrsNewEvent *ev);
+
+/* append.c */
+extern void CqrsWriteEvents(Relation events, CqrsNewEvent *evs, int n);
+extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
+							 Jsonb *metadata);
 
 /* capture.c */
 #define CAPTURE_ROW_TRIGGER			"cqrs_capture"
