@@ -354,6 +354,8 @@ capture_side_check() {
 }
 # shellcheck source=bench/outbox.sh
 source "$BENCH_DIR/outbox.sh"
+# shellcheck source=bench/import.sh
+source "$BENCH_DIR/import.sh"
 
 # The nodurable group: append vs raw INSERT as in "multi", but with
 # synchronous_commit = off for pgbench's sessions only (PGOPTIONS), so that
@@ -390,6 +392,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 	fi
 	want outbox && run_outbox_group
 fi
+want import && run_import_group
 elapsed=$(($(date +%s) - start))
 
 #
@@ -464,6 +467,7 @@ if want nodurable; then
 	row 11 'append vs raw INSERT, not durable, prepared' "$CLIENTS" \
 		nodurable_prepared/append nodurable_prepared/raw tps 0.90
 fi
+want import && print_import_row
 
 if want race; then
 	echo
