@@ -6,18 +6,23 @@
 # PROFILE_CLIENTS clients and synchronous_commit = off for its sessions (so
 # the CPU, not the WAL flush, is what is left), and during it records
 # "perf record -a -g" for PROFILE_SECONDS.  Then it prints, from the
-# recorded call chains of the postgres processes:
+# recorded call chains of the cluster's processes (its postmaster, backends
+# and background processes: perf -a sees the whole machine, and samples of
+# other clusters' postgres are counted apart and left out):
 #   1. watched symbols (locks, snapshots, SPI, triggers, tuplestore, GUC,
 #      function defaults, latches, commit, protocol): inclusive share of
-#      all postgres samples, and of those with pg_cqrs.so on the stack;
+#      all the cluster's samples, and of those with pg_cqrs.so on the stack;
 #   2. the top inclusive symbols at or below the outermost pg_cqrs.so frame
 #      of each sample (what pg_cqrs's functions cost, callees included);
 #   3. the top self (leaf) symbols of those samples;
-#   4. the top inclusive symbols of all postgres samples.
-# Percentages are of all samples of postgres processes (backends and the
-# background processes).  Static functions of the stripped postgres binary
-# have no symbol: they show as "[static <- caller]", after the nearest named
-# caller.  The perf.data, the pgbench log and the report stay in PROFILE_DIR.
+#   4. those samples split by their innermost pg_cqrs.so function and the
+#      function it called (each sample once: the split adds up to the
+#      pg_cqrs.so share);
+#   5. the top inclusive symbols of all the cluster's samples.
+# Percentages are of all the cluster's samples.  Static functions of the
+# stripped postgres binary have no symbol: they show as
+# "[static <- caller]", after the nearest named caller.  The perf.data,
+# the pgbench log and the report stay in PROFILE_DIR.
 #
 #   bash bench/profile.sh [append|raw|plpgsql|FILE.sql]   (default append)
 #
@@ -107,6 +112,12 @@ cqrs_as_owner env "PGOPTIONS=-c synchronous_commit=$SYNC" "$CQRS_BINDIR/pgbench"
 	>"$OUT/pgbench.log" 2>&1 &
 PGBENCH_PID=$!
 sleep "$WARMUP"
+# This cluster's processes (backends and background processes): perf -a
+# sees the whole machine, and other clusters' postgres may be running.
+PIDS=$( {
+	head -n 1 "$CQRS_WORK/data/postmaster.pid"
+	cqrs_psql -tAc 'SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()'
+} | tr '\n' ' ')
 perf record -a -g -o "$OUT/perf.data" -- sleep "$SECONDS_" 2>"$OUT/perf-record.log"
 wait "$PGBENCH_PID" || { echo "profile: pgbench failed:" >&2; cat "$OUT/pgbench.log" >&2; exit 1; }
 echo "profile: pgbench: $(sed -n 's/^tps = \([0-9.]*\).*/\1 tps (the whole run, recording included)/p' "$OUT/pgbench.log")"
@@ -115,12 +126,14 @@ echo "profile: pgbench: $(sed -n 's/^tps = \([0-9.]*\).*/\1 tps (the whole run, 
 # line per frame, then a blank line.
 WATCH='^(LockAcquire|LockAcquireExtended|LockRelease|LockRelationOid|GetLatestSnapshot|GetSnapshotData|GetTransactionSnapshot|SPI_connect|SPI_execute_plan|SPI_finish|SPI_prepare|_SPI_execute_plan|AfterTriggerEndQuery|AfterTriggerFireDeferred|ExecARInsertTriggers|ExecBSInsertTriggers|ExecASInsertTriggers|tuplestore_begin_heap|tuplestore_puttuple|tuplestore_end|fetch_function_defaults|stringToNode|expand_function_arguments|SetLatch|set_config_option|set_config_option_ext|AtEOXact_GUC|NewGUCNestLevel|CommitTransaction|CommitTransactionCommand|XLogInsert|XLogFlush|nextval_internal|standard_ExecutorStart|standard_ExecutorEnd|ExecInitNode|heap_insert|ExecInsertIndexTuples|btinsert|index_getnext_slot|exec_simple_query|exec_parse_message|exec_bind_message|exec_execute_message|pg_plan_queries|pg_parse_query|pg_analyze_and_rewrite_fixedparams|GetCachedPlan|RevalidateCachedQuery)$'
 perf script -i "$OUT/perf.data" -F comm,pid,tid,ip,sym,dso 2>/dev/null |
-	awk -v N="$NTOP" -v WATCH="$WATCH" '
+	awk -v N="$NTOP" -v WATCH="$WATCH" -v PIDS="$PIDS" '
+	BEGIN { n = split(PIDS, p, " "); for (i = 1; i <= n; i++) ours[p[i]] = 1 }
 	function flush(   i, j, last, s, seen, seen2) {
 		if (!insample) return
 		insample = 0
 		total++
-		if (comm != "postgres") return
+		if (comm ~ /^pgbench/) bench++
+		if (!(pid in ours)) { if (comm == "postgres") others++; return }
 		pg++
 		# name static functions after their nearest named caller
 		for (i = 0; i < nf; i++) {
@@ -141,8 +154,11 @@ perf script -i "$OUT/perf.data" -F comm,pid,tid,ip,sym,dso 2>/dev/null |
 		if (last < 0) return
 		cq++
 		self[sym[0]]++
+		# the innermost pg_cqrs.so frame and what it called
+		for (i = 0; dso[i] !~ /pg_cqrs\.so$/; i++) ;
+		split_[sym[i] (i > 0 ? " > " sym[i - 1] : " (self)")]++
 	}
-	/^[^ \t]/ { flush(); comm = $1; nf = 0; insample = 1; next }
+	/^[^ \t]/ { flush(); comm = $1; pid = $2; sub(/\/.*/, "", pid); nf = 0; insample = 1; next }
 	/^[ \t]*$/ { flush(); next }
 	{
 		line = $0
@@ -162,20 +178,24 @@ perf script -i "$OUT/perf.data" -F comm,pid,tid,ip,sym,dso 2>/dev/null |
 	}
 	END {
 		flush()
-		if (!pg) { print "profile: no samples of postgres processes"; exit 1 }
-		printf "\nsamples: %d in all, %d of postgres processes (%.1f%%), %d of them with pg_cqrs.so on the stack (%.1f%%)\n",
+		if (!pg) { print "profile: no samples of the cluster processes"; exit 1 }
+		printf "\nsamples: %d in all; %d of the cluster processes (%.1f%%), %d of them with pg_cqrs.so on the stack (%.1f%%);\n",
 			total, pg, 100 * pg / total, cq, 100 * cq / pg
+		printf "%d of pgbench (%.1f%%); %d of other postgres processes on the machine (%.1f%%, not counted)\n",
+			bench, 100 * bench / total, others, 100 * others / total
 		print ""
-		print "1. watched symbols, inclusive: % of postgres samples | % of postgres samples with pg_cqrs.so on the stack"
+		print "1. watched symbols, inclusive: % of cluster samples | % of cluster samples with pg_cqrs.so on the stack"
 		cmd = "sort -t\"\t\" -k1,1gr | cut -f2-"
 		for (s in all) if (s ~ WATCH)
 			printf "%.4f\t%6.2f%% | %6.2f%%  %s\n", all[s] / pg, 100 * all[s] / pg, 100 * incq_any[s] / pg, s | cmd
 		close(cmd)
 		if (cq) {
-			top(inc, pg, "2. top inclusive at or below the outermost pg_cqrs.so frame (% of postgres samples)")
-			top(self, pg, "3. top self (leaf) of the samples with pg_cqrs.so on the stack (% of postgres samples)")
+			top(inc, pg, "2. top inclusive at or below the outermost pg_cqrs.so frame (% of cluster samples)")
+			top(self, pg, "3. top self (leaf) of the samples with pg_cqrs.so on the stack (% of cluster samples)")
 		}
-		top(all, pg, "4. top inclusive, all postgres samples (% of postgres samples)")
+		if (cq)
+			top(split_, pg, "4. the pg_cqrs.so samples split by their innermost pg_cqrs.so function > the function it called\n   (each sample counted once: these add up to the pg_cqrs.so share; % of cluster samples)")
+		top(all, pg, "5. top inclusive, all cluster samples (% of cluster samples)")
 	}' | tee "$OUT/report.txt"
 echo
 echo "profile: perf.data, pgbench.log and report.txt are in $OUT"
