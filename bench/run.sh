@@ -15,10 +15,17 @@
 #   BENCH_QUICK=1   same as --quick
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
-#                   single,multi,batch,race,sync,deferred,lag,capture,
-#                   outbox,replay,reconcile,verify
+#                   single,multi,batch,race,nodurable,sync,deferred,lag,
+#                   capture,outbox,replay,reconcile,verify,import
 #                                                     (default all)
+#                   nodurable: append vs raw INSERT at BENCH_CLIENTS with
+#                   synchronous_commit = off for those runs only, pgbench
+#                   -M simple and -M prepared (the CPU cost of each side)
+#                   import: cqrs.import_events vs INSERT ... SELECT of the
+#                   same rows (skipped while import_events is not installed)
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
+#   BENCH_IMPORT_EVENTS    events the import group imports, 5 per stream
+#                                                     (default 200000)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
 #   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
 #   BENCH_REPLAY_EVENTS    size of the replay/reconcile/verify log (1000000)
@@ -56,7 +63,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,sync,deferred,lag,capture,outbox,replay,reconcile,verify}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -68,7 +75,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|sync|deferred|lag|capture|outbox|replay|reconcile|verify) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -231,6 +238,13 @@ run_side() {
 		append_events) args+=(-D "events=$EVENTS") ;;
 		race_*) args+=("--max-tries=$MAX_TRIES") ;;
 	esac
+	local protocol=prepared session=()
+	case $group in
+		nodurable_simple) protocol=simple ;;
+	esac
+	case $group in
+		nodurable_*) session=("PGOPTIONS=$NODURABLE_OPTIONS") ;;
+	esac
 
 	if [ -z "$REINSTALLED" ] && [ "$(installed_sum)" != "$INSTALLED_SUM" ]; then
 		REINSTALLED=1
@@ -240,7 +254,7 @@ run_side() {
 	projection_side_setup "$side"
 	capture_side_setup "$side"
 	cqrs_psql -c CHECKPOINT >/dev/null
-	if cqrs_as_owner "$CQRS_BINDIR/pgbench" -n -M prepared -c "$clients" -j "$threads" \
+	if cqrs_as_owner env "${session[@]}" "$CQRS_BINDIR/pgbench" -n -M "$protocol" -c "$clients" -j "$threads" \
 			-T "$RUN_SECONDS" "${args[@]}" -f "$SCRIPTS/$(side_script "$side")" \
 			>"$log" 2>&1; then
 		tps=$(pgbench_value 'tps ' "$log")
@@ -340,12 +354,31 @@ capture_side_check() {
 }
 # shellcheck source=bench/outbox.sh
 source "$BENCH_DIR/outbox.sh"
+# shellcheck source=bench/import.sh
+source "$BENCH_DIR/import.sh"
+
+# The nodurable group: append vs raw INSERT as in "multi", but with
+# synchronous_commit = off for pgbench's sessions only (PGOPTIONS), so that
+# commits stop waiting for the WAL flush and what is left is each side's
+# CPU cost; once with the simple protocol, once with prepared statements.
+NODURABLE_OPTIONS="-c synchronous_commit=off"
+run_nodurable_group() {
+	local got
+	got=$(cqrs_as_owner env "PGOPTIONS=$NODURABLE_OPTIONS" "$CQRS_BINDIR/psql" -X -tAc 'SHOW synchronous_commit')
+	if [ "$got" != off ]; then
+		echo "bench: nodurable: PGOPTIONS did not turn synchronous_commit off (got \"$got\")" >&2
+		exit 1
+	fi
+	run_group nodurable_simple "$CLIENTS" append raw
+	run_group nodurable_prepared "$CLIENTS" append raw
+}
 
 start=$(date +%s)
 want single && run_group single 1 append raw plpgsql
 want multi && run_group multi "$CLIENTS" append raw plpgsql
 want batch && run_group batch 1 append_events raw_batch
 want race && run_group race "$CLIENTS" race_append race_plpgsql
+want nodurable && run_nodurable_group
 if [ -z "$BASELINE_ONLY" ]; then
 	want capture && run_group capture 1 captured uncaptured
 	want capture && run_group capture_multi "$CLIENTS" captured uncaptured
@@ -359,6 +392,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 	fi
 	want outbox && run_outbox_group
 fi
+want import && run_import_group
 elapsed=$(($(date +%s) - start))
 
 #
@@ -384,6 +418,7 @@ row() { # number title clients A-key B-key unit [goal]
 echo
 echo "pg_cqrs bench: $ROUNDS alternated rounds of ${RUN_SECONDS}s per side; pgbench -n -M prepared;"
 echo "$DURABILITY; $NCPU CPUs; $elapsed s of runs.  A, B: median throughput over the rounds."
+want nodurable && echo "11: synchronous_commit = off for its runs only (not durable: the CPU cost), -M simple and -M prepared."
 echo "ratio: median over the rounds of A/B within a round (range: lowest..highest round)."
 echo
 printf '%-2s %-44s %7s %10s %10s %-8s %6s %-11s %-7s %s\n' \
@@ -426,6 +461,13 @@ if want outbox && [ -z "$BASELINE_ONLY" ]; then
 		outbox/pg_cqrs outbox/wal2json ev/s 1.0
 	row 8 "  (pg_cqrs vs test_decoding)" 1 outbox/pg_cqrs outbox/test_decoding ev/s
 fi
+if want nodurable; then
+	row 11 'append vs raw INSERT, not durable, simple' "$CLIENTS" \
+		nodurable_simple/append nodurable_simple/raw tps 0.90
+	row 11 'append vs raw INSERT, not durable, prepared' "$CLIENTS" \
+		nodurable_prepared/append nodurable_prepared/raw tps 0.90
+fi
+want import && print_import_row
 
 if want race; then
 	echo
