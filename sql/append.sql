@@ -106,4 +106,34 @@ SELECT version FROM cqrs.append('order-5', 'OrderPlaced', '{}', expected_version
 SELECT position AS p FROM cqrs.append('order-6', 'OrderPlaced', '{}', 'null') \gset
 SELECT metadata FROM cqrs.events WHERE position = :p;
 
+-- Appends store their rows directly (heap and indexes) unless the log has
+-- something an INSERT would run: then they go through the executor, so a
+-- DBA's own trigger fires, and a column added with a default gets it
+-- (row-level security WITH CHECK: security_log.sql).  Like the handlers of
+-- sync projections, such a trigger runs under search_path pg_catalog, pg_temp.
+CREATE TABLE audit (position bigint, stream text);
+CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.audit VALUES (NEW.position, NEW.stream);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_audit AFTER INSERT ON cqrs.events
+    FOR EACH ROW EXECUTE FUNCTION audit_row();
+SELECT version FROM cqrs.append('audited-1', 'Noted', '{}');
+SELECT version FROM cqrs.append_events('audited-1', '[{"type": "A", "data": {}}, {"type": "B", "data": {}}]');
+SELECT stream, count(*) FROM audit GROUP BY stream;
+DROP TRIGGER events_audit ON cqrs.events;
+SELECT version FROM cqrs.append('audited-1', 'Unaudited', '{}');
+SELECT count(*) AS audited FROM audit;
+ALTER TABLE cqrs.events ADD COLUMN source text DEFAULT 'app';
+SELECT position AS p FROM cqrs.append('order-7', 'OrderPlaced', '{}') \gset
+SELECT source FROM cqrs.events WHERE position = :p;
+ALTER TABLE cqrs.events DROP COLUMN source;
+-- a dropped column is null in rows stored directly
+SELECT version FROM cqrs.append('order-7', 'OrderPaid', '{}');
+SELECT stream, version, type FROM cqrs.events WHERE stream = 'order-7' ORDER BY version;
+DROP TABLE audit;
+DROP FUNCTION audit_row();
+
 DROP EXTENSION pg_cqrs;

@@ -157,4 +157,13 @@ CqrsJsonParse(const char *s, int len, int encoding, bool need_escapes,
 #endif
 }
 
+/* ExecInsertIndexTuples() grew onlySummarizing in 16. */
+#if PG_VERSION_NUM >= 160000
+#define cqrs_insert_index_tuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL, false)
+#else
+#define cqrs_insert_index_tuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
+#endif
+
 #endif							/* PG_CQRS_COMPAT_H */

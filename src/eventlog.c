@@ -82,6 +82,9 @@
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/acl.h"
@@ -171,6 +174,9 @@ CqrsEventLog(void)
 		eventlog_oids.projections = get_relname_relid("projections", nspid);
 		eventlog_oids.skipped_events = get_relname_relid("skipped_events", nspid);
 		eventlog_oids.projection_digests = get_relname_relid("projection_digests", nspid);
+		eventlog_oids.forbid_direct_insert =
+			LookupFuncName(list_make2(makeString("cqrs"), makeString("forbid_direct_insert")),
+						   0, NULL, true);
 		eventlog_oids_valid = true;
 	}
 	return &eventlog_oids;

@@ -119,6 +119,8 @@ typedef struct CqrsEventLogOids
 	Oid			skipped_events; /* cqrs.skipped_events, likewise */
 	Oid			projection_digests; /* cqrs.projection_digests, before
 									 * 0.3.0 InvalidOid */
+	Oid			forbid_direct_insert;	/* the INSERT guard's function, before
+										 * 0.4.0 InvalidOid */
 } CqrsEventLogOids;
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
