@@ -38,6 +38,8 @@
 #   PROFILE_TOP       rows of the top lists               (default 30)
 #   PROFILE_DIR       where the output goes (default a new /tmp/pg_cqrs_profile.XXXXXX)
 #   PROFILE_NO_INSTALL=1  use what is installed, do not build and install
+#   PROFILE_SETUP     an SQL file run once before pgbench (e.g.
+#                     bench/capture_setup.sql for bench/capture_insert.sql)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -98,7 +100,9 @@ mkdir -p "$OUT"
 cp "$SCRIPT" "$CQRS_WORK/profile.sql"
 chmod a+r "$CQRS_WORK/profile.sql"
 cqrs_psql <"$BENCH_DIR/baseline.sql" >/dev/null
-cqrs_psql -c 'CREATE EXTENSION pg_cqrs' -c CHECKPOINT >/dev/null
+cqrs_psql -c 'CREATE EXTENSION pg_cqrs' >/dev/null
+[ -n "${PROFILE_SETUP:-}" ] && cqrs_psql <"$PROFILE_SETUP" >/dev/null
+cqrs_psql -c CHECKPOINT >/dev/null
 
 NCPU=$(nproc 2>/dev/null || echo 2)
 THREADS=$((CLIENTS < NCPU ? CLIENTS : NCPU))
