@@ -48,8 +48,12 @@
 
 #include "access/table.h"
 #include "access/xact.h"
+#include "commands/progress.h"
 #include "fmgr.h"
+#include "pgstat.h"
 #include "storage/lmgr.h"
+#include "utils/backend_progress.h"
+#include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -68,6 +72,8 @@ typedef struct ImportState
 	int			n;				/* events in the batch */
 	int64		seen;			/* rows fed so far, for messages */
 	int64		appended;
+	int64		skipped;		/* ids already recorded */
+	bool		reporting;		/* we own pg_stat_progress_copy's row */
 	CqrsNewEvent evs[IMPORT_BATCH];
 } ImportState;
 
@@ -275,9 +281,36 @@ import_flush(ImportState *st)
 	table_close(events, NoLock);
 
 	st->appended += m;
+	st->skipped += st->n - m;
+	if (st->reporting)
+	{
+		const int	index[] = {PROGRESS_COPY_TUPLES_PROCESSED, PROGRESS_COPY_TUPLES_EXCLUDED};
+		const int64 value[] = {st->appended, st->skipped};
+
+		pgstat_progress_update_multi_param(2, index, value);
+	}
 	st->n = 0;
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(st->batchcxt);
+}
+
+/*
+ * Progress.  A long import shows in pg_stat_progress_copy as a COPY FROM
+ * into cqrs.events (type "CALLBACK"): tuples_processed counts the events
+ * appended so far, tuples_excluded those skipped as already recorded,
+ * updated after each batch.  Unless this backend already reports another
+ * command's progress (an import inside a COPY's trigger, say), which we
+ * leave alone.  An error ends the report with the transaction.
+ */
+static void
+start_progress(ImportState *st)
+{
+	if (MyBEEntry == NULL || MyBEEntry->st_progress_command != PROGRESS_COMMAND_INVALID)
+		return;
+	pgstat_progress_start_command(PROGRESS_COMMAND_COPY, CqrsEventLog()->events);
+	pgstat_progress_update_param(PROGRESS_COPY_COMMAND, PROGRESS_COPY_COMMAND_FROM);
+	pgstat_progress_update_param(PROGRESS_COPY_TYPE, PROGRESS_COPY_TYPE_CALLBACK);
+	st->reporting = true;
 }
 
 /*
@@ -307,6 +340,7 @@ cqrs_import_events_step(PG_FUNCTION_ARGS)
 		st = MemoryContextAllocZero(aggcxt, sizeof(ImportState));
 		st->batchcxt = AllocSetContextCreate(aggcxt, "pg_cqrs import batch",
 											 ALLOCSET_DEFAULT_SIZES);
+		start_progress(st);
 	}
 	else
 		st = (ImportState *) PG_GETARG_POINTER(0);
@@ -364,5 +398,10 @@ cqrs_import_events_final(PG_FUNCTION_ARGS)
 	st = (ImportState *) PG_GETARG_POINTER(0);
 	if (st->n > 0)
 		import_flush(st);
+	if (st->reporting)
+	{
+		pgstat_progress_end_command();
+		st->reporting = false;
+	}
 	PG_RETURN_INT64(st->appended);
 }
