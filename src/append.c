@@ -376,6 +376,29 @@ apply_sync_projections(Relation events, List *sync, CqrsNewEvent *evs, int n,
 }
 
 /*
+ * Ask for the worker to be woken at commit if a running deferred projection
+ * wants one of these events (its category and type filters): a commit that
+ * only appended events no deferred projection reads does not wake it.  A
+ * deferred projection created or resumed while this transaction runs is
+ * not in our list; the worker's naptime (cqrs.naptime) bounds how long such
+ * a projection may wait for our events.
+ */
+static void
+wake_if_wanted(List *deferred, CqrsNewEvent *evs, int n)
+{
+	ListCell   *lc;
+
+	foreach(lc, deferred)
+		for (int i = 0; i < n; i++)
+			if (CqrsProjectionWantsEvent((CqrsProjection *) lfirst(lc),
+										 evs[i].stream, evs[i].type))
+			{
+				CqrsWakeWorkerAtCommit();
+				return;
+			}
+}
+
+/*
  * CqrsWriteEvents
  *		Write n checked events whose streams, versions and ids are settled:
  *		take their positions, in array order, insert them, and apply them to
@@ -393,9 +416,11 @@ CqrsWriteEvents(Relation events, CqrsNewEvent *evs, int n)
 	Oid			seq = CqrsEventLog()->position_seq;
 	TimestampTz recorded_at = GetCurrentTransactionStartTimestamp();
 	List	   *sync;
+	List	   *deferred;
 
 	/* before any position: see "Locking for sync projections" in projection.c */
-	sync = CqrsLockProjectionsForAppend();
+	sync = CqrsLockProjectionsForAppend(&deferred);
+	wake_if_wanted(deferred, evs, n);
 	CqrsHorizonBeginAppend(events);
 
 	for (int i = 0; i < n; i++)

@@ -122,33 +122,41 @@ names_match(text **names, int n, const char *s, int len)
 	return false;
 }
 
+/*
+ * CqrsProjectionWantsEvent
+ *		Whether an event of this stream and type passes the projection's
+ *		category and type filters.
+ */
+bool
+CqrsProjectionWantsEvent(CqrsProjection *p, text *stream, text *type)
+{
+	if (p->categories != NULL)
+	{
+		int			len = VARSIZE_ANY_EXHDR(stream);
+		const char *dash = memchr(VARDATA_ANY(stream), '-', len);
+
+		if (dash)
+			len = dash - VARDATA_ANY(stream);
+		if (!names_match(p->categories, p->ncategories, VARDATA_ANY(stream), len))
+			return false;
+	}
+	if (p->types != NULL &&
+		!names_match(p->types, p->ntypes, VARDATA_ANY(type), VARSIZE_ANY_EXHDR(type)))
+		return false;
+	return true;
+}
+
 /* Whether the event in slot passes the projection's filters. */
 static bool
 projection_wants(CqrsProjection *p, TupleTableSlot *slot)
 {
 	bool		isnull;
-	text	   *t;
 
-	if (p->categories != NULL)
-	{
-		const char *dash;
-		int			len;
-
-		t = DatumGetTextPP(slot_getattr(slot, Anum_events_stream, &isnull));
-		len = VARSIZE_ANY_EXHDR(t);
-		dash = memchr(VARDATA_ANY(t), '-', len);
-		if (dash)
-			len = dash - VARDATA_ANY(t);
-		if (!names_match(p->categories, p->ncategories, VARDATA_ANY(t), len))
-			return false;
-	}
-	if (p->types != NULL)
-	{
-		t = DatumGetTextPP(slot_getattr(slot, Anum_events_type, &isnull));
-		if (!names_match(p->types, p->ntypes, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))
-			return false;
-	}
-	return true;
+	if (p->categories == NULL && p->types == NULL)
+		return true;
+	return CqrsProjectionWantsEvent(p,
+									DatumGetTextPP(slot_getattr(slot, Anum_events_stream, &isnull)),
+									DatumGetTextPP(slot_getattr(slot, Anum_events_type, &isnull)));
 }
 
 /*

@@ -47,8 +47,13 @@
 #include "pg_cqrs.h"
 
 
-/* The sync projections of this backend's database, cached. */
+/*
+ * The running sync projections of this backend's database, and its running
+ * deferred ones (for their filters: an append wakes the worker only for
+ * events one of them wants), cached.
+ */
 static List *sync_cache = NIL;
+static List *deferred_cache = NIL;
 static bool sync_cache_valid = false;
 static MemoryContext sync_cache_cxt = NULL;
 static bool projections_callback_registered = false;
@@ -93,17 +98,23 @@ CqrsProjectionsRelid(void)
  * CqrsLockProjectionsForAppend
  *		Called by appends before they take a position (see "Locking for sync
  *		projections" in projection.c); returns the running sync projections,
- *		which the lock keeps from changing until the transaction ends.
+ *		which the lock keeps from changing until the transaction ends, and in
+ *		*deferred the running deferred ones as of the lock (they may change
+ *		meanwhile: the answer only decides whether to wake the worker).
  */
 List *
-CqrsLockProjectionsForAppend(void)
+CqrsLockProjectionsForAppend(List **deferred)
 {
 	Oid			relid = CqrsEventLog()->projections;
+	List	   *sync;
 
+	*deferred = NIL;
 	if (!OidIsValid(relid))
 		return NIL;
 	LockRelationOid(relid, RowExclusiveLock);
-	return CqrsSyncProjections(relid);
+	sync = CqrsSyncProjections(relid);
+	*deferred = deferred_cache;
+	return sync;
 }
 
 /*
@@ -446,6 +457,7 @@ CqrsSyncProjections(Oid relid)
 												   ALLOCSET_SMALL_SIZES);
 		MemoryContextReset(sync_cache_cxt);
 		sync_cache = NIL;
+		deferred_cache = NIL;
 		sync_cache_tables = NIL;
 
 		CqrsSPIConnect();
@@ -459,6 +471,8 @@ CqrsSyncProjections(Oid relid)
 			for (int i = 0; i < p->ntables; i++)
 				sync_cache_tables = lappend_oid(sync_cache_tables, p->tables[i]);
 		}
+		deferred_cache = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
+											  NULL, CQRS_ROWS_UNLOCKED);
 		MemoryContextSwitchTo(oldcxt);
 		SPI_finish();
 		sync_cache = l;

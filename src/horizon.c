@@ -399,14 +399,16 @@ horizon_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			pg_atomic_write_u64(&my_slot()->floor, 0);
 			floor_published = false;
-			/* new events: the deferred projections' worker has work */
-			CqrsWakeWorker(MyDatabaseId);
+			/* events a deferred projection wants: the worker has work */
+			if (CqrsTakeWorkerWake())
+				CqrsWakeWorker(MyDatabaseId);
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			pg_atomic_write_u64(&my_slot()->floor, 0);
 			floor_published = false;
+			(void) CqrsTakeWorkerWake();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			ereport(ERROR,

@@ -96,6 +96,8 @@ extern void CqrsWakeupShmemRequest(void);
 extern void CqrsWakeupShmemStartup(void);
 extern void CqrsWakeupInit(void);
 extern void CqrsWakeWorker(Oid dboid);
+extern void CqrsWakeWorkerAtCommit(void);
+extern bool CqrsTakeWorkerWake(void);
 extern void CqrsWakeLauncherAtCommit(void);
 extern void CqrsWakeAppliers(void);
 extern void CqrsWaitForProgress(long ms);
@@ -234,7 +236,7 @@ typedef enum CqrsRowLock
 } CqrsRowLock;
 
 extern Oid	CqrsProjectionsRelid(void);
-extern List *CqrsLockProjectionsForAppend(void);
+extern List *CqrsLockProjectionsForAppend(List **deferred);
 extern Oid	CqrsLockProjections(LOCKMODE mode);
 extern void CqrsProjectionsChanged(Oid relid);
 extern void CqrsSPIConnect(void);
@@ -333,6 +335,7 @@ typedef struct CqrsRebuildTarget
 } CqrsRebuildTarget;
 
 struct Tuplestorestate;
+extern bool CqrsProjectionWantsEvent(CqrsProjection *p, text *stream, text *type);
 extern int64 CqrsApplyEvents(CqrsProjection *p, struct Tuplestorestate *events, TupleDesc desc,
 							 CqrsSkipSet *skip, int64 stop_before);
 extern int64 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,

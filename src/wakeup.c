@@ -187,6 +187,29 @@ CqrsWakeWorker(Oid dboid)
 			set_proc_latch(workers->workers[i].procno);
 }
 
+/*
+ * Whether this transaction appended an event a running deferred projection
+ * wants.  Set by appends (CqrsWakeWorkerAtCommit); read and cleared when
+ * the transaction ends by horizon.c, which wakes the worker only then,
+ * after withdrawing its floor, so that the worker can get past our events.
+ */
+static bool wake_worker_at_commit = false;
+
+void
+CqrsWakeWorkerAtCommit(void)
+{
+	wake_worker_at_commit = true;
+}
+
+bool
+CqrsTakeWorkerWake(void)
+{
+	bool		wake = wake_worker_at_commit;
+
+	wake_worker_at_commit = false;
+	return wake;
+}
+
 static void
 wakeup_xact_callback(XactEvent event, void *arg)
 {

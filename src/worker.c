@@ -17,9 +17,10 @@
  * A worker loops: apply one batch of each running deferred projection, each
  * batch in its own transaction (apply.c), as long as batches come back
  * full; then sleep on its latch for cqrs.naptime.  A transaction that
- * appended sets the latch of its database's worker when it commits
- * (horizon.c, through wakeup.c), so under light load an event is applied
- * within milliseconds.  After each batch the worker broadcasts the progress
+ * appended events a running deferred projection wants (its filters) sets
+ * the latch of its database's worker when it commits (horizon.c, through
+ * wakeup.c), so under light load an event is applied within milliseconds,
+ * and appends no deferred projection reads cost the worker nothing.  After each batch the worker broadcasts the progress
  * condition variable, on which cqrs.wait_for_projection sleeps.
  *
  * A worker that fails outside a handler (a handler's errors are caught per
