@@ -25,7 +25,7 @@
  * taken in name order (so two imports cannot deadlock on them), heads and
  * ids are read with a dirty snapshot, waiting for other transactions'
  * appends to end exactly as a single append does (eventlog.c), and the
- * events go in through one INSERT of the whole batch (CqrsWriteEvents), so
+ * events go in with one write of the whole batch (CqrsWriteEvents), so
  * sync projections, digests, capture's consumers and the outbox see them
  * as any other.  Memory is the batch's, reset after each: it does not grow
  * with the import.  A batch holds one short lock per stream in it, at most
