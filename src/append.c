@@ -553,13 +553,7 @@ find_recorded(Relation events, text *stream, CqrsNewEvent *evs, int n,
 
 		if (VARSIZE_ANY_EXHDR(other) != VARSIZE_ANY_EXHDR(stream) ||
 			memcmp(VARDATA_ANY(other), VARDATA_ANY(stream), VARSIZE_ANY_EXHDR(stream)) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNIQUE_VIOLATION),
-					 errmsg("event %s is already recorded in stream \"%s\"",
-							DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&evs[i].id))),
-							text_to_cstring(other)),
-					 errdetail("It cannot also be appended to stream \"%s\".",
-							   text_to_cstring(stream))));
+			CqrsIdRecordedElsewhere(&evs[i].id, other, stream);
 
 		if (recorded > 0 && version != prev_version + 1)
 			in_order = false;
@@ -582,6 +576,49 @@ find_recorded(Relation events, text *stream, CqrsNewEvent *evs, int n,
 					   recorded == n ? ", but not in this order" : ""),
 			 errhint("Retry the whole original batch, or append only new events with new ids.")));
 	return false;				/* keep compiler quiet */
+}
+
+/*
+ * CqrsIdRecordedElsewhere
+ *		The error for a caller-given id already recorded in another stream.
+ */
+void
+CqrsIdRecordedElsewhere(const pg_uuid_t *id, text *other, text *stream)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNIQUE_VIOLATION),
+			 errmsg("event %s is already recorded in stream \"%s\"",
+					DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(id))),
+					text_to_cstring(other)),
+			 errdetail("It cannot also be appended to stream \"%s\".",
+					   text_to_cstring(stream))));
+}
+
+/*
+ * CqrsCheckHeadSinceSnapshot
+ *		Under REPEATABLE READ or SERIALIZABLE, a final head (read under the
+ *		stream's short lock) newer than the transaction snapshot's means
+ *		another transaction appended to the stream since ours began: a
+ *		serialization failure, as UPDATE would raise, rather than an append
+ *		on top of state the caller could not have seen.
+ */
+void
+CqrsCheckHeadSinceSnapshot(Relation events, text *stream, int64 head_version)
+{
+	int64		seen_version,
+				seen_position;
+
+	if (!IsolationUsesXactSnapshot())
+		return;
+	CqrsStreamHead(events, stream, GetTransactionSnapshot(),
+				   &seen_version, &seen_position);
+	if (seen_version != head_version)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent append to stream \"%s\"",
+						text_to_cstring(stream)),
+				 errdetail("The transaction's snapshot shows version %lld, but the stream is at version %lld.",
+						   (long long) seen_version, (long long) head_version)));
 }
 
 /*
@@ -622,21 +659,7 @@ append_to_stream(text *stream, CqrsNewEvent *evs, int n,
 		XactLockTableWait(wait_for, events, NULL, XLTW_None);
 	}
 
-	if (IsolationUsesXactSnapshot())
-	{
-		int64		seen_version,
-					seen_position;
-
-		CqrsStreamHead(events, stream, GetTransactionSnapshot(),
-					   &seen_version, &seen_position);
-		if (seen_version != head_version)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent append to stream \"%s\"",
-							text_to_cstring(stream)),
-					 errdetail("The transaction's snapshot shows version %lld, but the stream is at version %lld.",
-							   (long long) seen_version, (long long) head_version)));
-	}
+	CqrsCheckHeadSinceSnapshot(events, stream, head_version);
 
 	if (has_expected && expected != head_version)
 		ereport(ERROR,

@@ -47,7 +47,6 @@
 #include "postgres.h"
 
 #include "access/table.h"
-#include "access/xact.h"
 #include "commands/progress.h"
 #include "fmgr.h"
 #include "pgstat.h"
@@ -56,7 +55,6 @@
 #include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 
 #include "pg_cqrs.h"
 
@@ -136,18 +134,6 @@ unlock_streams(ImportStream *streams, int nstreams)
 		CqrsUnlockStream(VARDATA_ANY(streams[s].name), VARSIZE_ANY_EXHDR(streams[s].name));
 }
 
-static void
-id_in_other_stream(CqrsNewEvent *ev, text *other)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_UNIQUE_VIOLATION),
-			 errmsg("event %s is already recorded in stream \"%s\"",
-					DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&ev->id))),
-					text_to_cstring(other)),
-			 errdetail("It cannot also be appended to stream \"%s\".",
-					   text_to_cstring(ev->stream))));
-}
-
 /*
  * Mark the events whose id is recorded already, in their stream, as skipped
  * (skip[i]); an id recorded in another stream is an error.  Returns the
@@ -178,7 +164,7 @@ find_recorded(Relation events, ImportState *st, bool *skip)
 		if (!found)
 			continue;
 		if (!stream_eq(other, ev->stream))
-			id_in_other_stream(ev, other);
+			CqrsIdRecordedElsewhere(&ev->id, other, ev->stream);
 		skip[i] = true;
 	}
 
@@ -189,7 +175,7 @@ find_recorded(Relation events, ImportState *st, bool *skip)
 		if (memcmp(byid[i - 1]->id.data, byid[i]->id.data, UUID_LEN) != 0)
 			continue;
 		if (!stream_eq(byid[i - 1]->stream, byid[i]->stream))
-			id_in_other_stream(byid[i], byid[i - 1]->stream);
+			CqrsIdRecordedElsewhere(&byid[i]->id, byid[i - 1]->stream, byid[i]->stream);
 		skip[byid[i] - st->evs] = true;
 	}
 	return InvalidTransactionId;
@@ -247,24 +233,8 @@ import_flush(ImportState *st)
 		XactLockTableWait(wait_for, events, NULL, XLTW_None);
 	}
 
-	if (IsolationUsesXactSnapshot())
-	{
-		for (int s = 0; s < nstreams; s++)
-		{
-			int64		seen,
-						position;
-
-			CqrsStreamHead(events, streams[s].name, GetTransactionSnapshot(),
-						   &seen, &position);
-			if (seen != streams[s].head)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to concurrent append to stream \"%s\"",
-								text_to_cstring(streams[s].name)),
-						 errdetail("The transaction's snapshot shows version %lld, but the stream is at version %lld.",
-								   (long long) seen, (long long) streams[s].head)));
-		}
-	}
+	for (int s = 0; s < nstreams; s++)
+		CqrsCheckHeadSinceSnapshot(events, streams[s].name, streams[s].head);
 
 	/* versions in arrival order within each stream; positions in arrival order */
 	for (int i = 0; i < st->n; i++)
