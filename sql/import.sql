@@ -94,7 +94,25 @@ SET ROLE regress_importer;
 SELECT cqrs.import_events(s, 'T', '{}', NULL, NULL) FROM (VALUES ('granted-1')) v(s);
 -- and the step function cannot be called on its own
 SELECT sqlstate($$SELECT cqrs.import_events_step(NULL, 's', 't', '{}', NULL, NULL)$$);
+-- the rows come from the caller's own query, with the caller's rights
+SELECT try($$SELECT cqrs.import_events(stream, 'T', '{}', NULL, NULL) FROM imported$$);
 RESET ROLE;
+
+-- row-level security WITH CHECK applies to imports as to an INSERT: a
+-- policy letting the importer write only its tenant's events refuses the
+-- rest of an import, whole
+ALTER TABLE cqrs.events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY importer_writes ON cqrs.events FOR INSERT TO regress_importer
+    WITH CHECK (metadata->>'tenant' = 'sales');
+SET ROLE regress_importer;
+SELECT cqrs.import_events(s, 'T', '{}', '{"tenant": "sales"}', NULL)
+  FROM (VALUES ('rls-1'), ('rls-1')) v(s);
+SELECT try($$SELECT cqrs.import_events(s, 'T', '{}', m, NULL)
+               FROM (VALUES ('rls-2', '{"tenant": "sales"}'::jsonb), ('rls-2', '{"tenant": "hr"}')) v(s, m)$$);
+RESET ROLE;
+SELECT stream, count(*) FROM cqrs.events WHERE stream LIKE 'rls-%' GROUP BY stream ORDER BY stream;
+DROP POLICY importer_writes ON cqrs.events;
+ALTER TABLE cqrs.events DISABLE ROW LEVEL SECURITY;
 
 -- the projection saw every imported event once, and verify agrees
 SELECT (SELECT count(*) FROM imported) = (SELECT count(*) FROM cqrs.events) AS all_applied,

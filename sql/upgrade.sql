@@ -144,7 +144,9 @@ SELECT * FROM cqrs.verify('order_totals');
 -- the updated extension has exactly the objects, and the same definitions,
 -- as a fresh CREATE EXTENSION of the default version
 --
-CREATE TEMP TABLE members_updated AS
+-- the extension's members, with the definitions of its functions (an
+-- aggregate by its parts: pg_get_functiondef refuses aggregates) and views
+CREATE TEMP VIEW members AS
 SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS object,
        CASE WHEN d.classid = 'pg_proc'::regclass
                  AND (SELECT prokind FROM pg_proc WHERE oid = d.objid) = 'a'
@@ -158,6 +160,7 @@ SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS object,
   FROM pg_depend d
  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
    AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_cqrs');
+CREATE TEMP TABLE members_updated AS SELECT * FROM members;
 CREATE TEMP TABLE columns_updated AS
 SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type,
        a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid) AS "default"
@@ -175,20 +178,7 @@ DROP FUNCTION order_totals_handler(cqrs.events), all_events_handler(cqrs.events)
 DROP EXTENSION pg_cqrs;
 CREATE EXTENSION pg_cqrs;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
-CREATE TEMP TABLE members_fresh AS
-SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS object,
-       CASE WHEN d.classid = 'pg_proc'::regclass
-                 AND (SELECT prokind FROM pg_proc WHERE oid = d.objid) = 'a'
-                 THEN (SELECT format('%s %s %s %s', aggtransfn, aggtranstype::regtype,
-                                     aggfinalfn, aggfinalmodify)
-                         FROM pg_aggregate WHERE aggfnoid = d.objid)
-            WHEN d.classid = 'pg_proc'::regclass THEN pg_get_functiondef(d.objid)
-            WHEN d.classid = 'pg_class'::regclass
-                 AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'v'
-                 THEN pg_get_viewdef(d.objid) END AS definition
-  FROM pg_depend d
- WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
-   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_cqrs');
+CREATE TEMP TABLE members_fresh AS SELECT * FROM members;
 SELECT 'only after update' AS side, object FROM
     (SELECT * FROM members_updated EXCEPT SELECT * FROM members_fresh) d
 UNION ALL
