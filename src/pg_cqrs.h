@@ -377,7 +377,7 @@ extern void CqrsParseEvent(text *stream, JsonbValue *elem, int n, CqrsNewEvent *
 
 /* append.c */
 extern void CqrsWriteEvents(Relation events, CqrsNewEvent *evs, int n);
-extern void CqrsIdRecordedElsewhere(const pg_uuid_t *id, text *other, text *stream) pg_attribute_noreturn();
+extern void CqrsIdRecordedElsewhere(const pg_uuid_t *id, text *other, text *stream);
 extern void CqrsCheckHeadSinceSnapshot(Relation events, text *stream, int64 head_version);
 extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
 							 Jsonb *metadata);
