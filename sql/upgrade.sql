@@ -141,6 +141,17 @@ SELECT * FROM order_totals ORDER BY stream;
 SELECT * FROM cqrs.verify('order_totals');
 
 --
+-- on to 0.6.0 (beyond one server: nothing changes in the schema; the
+-- library logs the append floors to WAL for standbys)
+--
+ALTER EXTENSION pg_cqrs UPDATE TO '0.6.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
+SELECT position AS last FROM cqrs.append('order-3', 'OrderReturned', '{}') \gset
+SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
+SELECT * FROM order_totals ORDER BY stream;
+SELECT * FROM cqrs.verify('order_totals');
+
+--
 -- the updated extension has exactly the objects, and the same definitions,
 -- as a fresh CREATE EXTENSION of the default version
 --
