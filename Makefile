@@ -21,6 +21,7 @@ OBJS = \
 	src/pg_cqrs.o \
 	src/wakeup.o \
 	src/horizon.o \
+	src/standby.o \
 	src/eventlog.o \
 	src/import.o \
 	src/event_input.o \

@@ -67,6 +67,7 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "compat.h"
 #include "pg_cqrs.h"
@@ -102,6 +103,7 @@ typedef struct CqrsDbHead
 typedef struct CqrsHorizonShared
 {
 	slock_t		mutex;			/* protects claiming a CqrsDbHead */
+	pg_atomic_uint64 floors_logged_at;	/* when all floors last went to WAL */
 	CqrsDbHead	heads[CQRS_MAX_DATABASES];
 	int			nslots;
 	CqrsAppendSlot slots[FLEXIBLE_ARRAY_MEMBER];
@@ -113,6 +115,7 @@ static CqrsHorizonShared *horizon = NULL;
 static bool floor_published = false;
 
 static void horizon_xact_callback(XactEvent event, void *arg);
+static void log_all_floors_now_and_then(void);
 
 static int
 horizon_nslots(void)
@@ -143,6 +146,7 @@ CqrsHorizonShmemStartup(void)
 	if (!found)
 	{
 		SpinLockInit(&horizon->mutex);
+		pg_atomic_init_u64(&horizon->floors_logged_at, 0);
 		for (int i = 0; i < CQRS_MAX_DATABASES; i++)
 		{
 			horizon->heads[i].dboid = InvalidOid;
@@ -293,29 +297,75 @@ CqrsHorizonBeginAppend(Relation events)
 	floor_published = true;
 	/* The floor must be visible to readers before our nextval is. */
 	pg_memory_barrier();
+
+	/* and to standbys: WAL order puts it before our position's commit */
+	CqrsStandbyLogFloor(floor);
+	log_all_floors_now_and_then();
 }
 
 /*
- * CqrsSafePosition
- *		The highest position at or below which every event is final.
+ * At most once a second, some appender writes every published floor to
+ * WAL, so that a standby starting its replay in the middle of open
+ * transactions learns their floors (standby.c).
+ */
+static void
+log_all_floors_now_and_then(void)
+{
+	uint64		now = (uint64) GetCurrentTimestamp();
+	uint64		last = pg_atomic_read_u64(&horizon->floors_logged_at);
+	CqrsWalFloor *floors;
+	XLogRecPtr	scanned_from;
+	int			n = 0;
+
+	if (now < last + USECS_PER_SEC ||
+		!pg_atomic_compare_exchange_u64(&horizon->floors_logged_at, &last, now))
+		return;
+
+	floors = palloc(horizon->nslots * sizeof(CqrsWalFloor));
+	/* before the scan: a floor published after it has its own record */
+	scanned_from = GetXLogInsertRecPtr();
+	pg_memory_barrier();
+	for (int i = 0; i < horizon->nslots; i++)
+	{
+		CqrsAppendSlot *slot = &horizon->slots[i];
+		uint64		f = pg_atomic_read_u64(&slot->floor);
+
+		if (f == 0)
+			continue;
+		pg_read_barrier();
+
+		/*
+		 * The slot may change hands between these reads: the xid may be of
+		 * a later transaction than the floor, whose floor is no lower.
+		 */
+		floors[n].procno = i;
+		floors[n].dboid = pg_atomic_read_u32(&slot->dboid);
+		floors[n].xid = pg_atomic_read_u32(&slot->xid);
+		floors[n].floor = (int64) (f - 1);
+		n++;
+	}
+	CqrsStandbyLogAllFloors(scanned_from, floors, n);
+	pfree(floors);
+}
+
+/*
+ * CqrsSafePositionIfKnown
+ *		The highest position at or below which every event is final, if
+ *		this server can tell: false on a standby that cannot know it yet.
  *
  * "Final" means committed (and visible to any snapshot taken after this
  * returns) or never to be committed.  Callers then read with a snapshot
- * taken after this call.  Errors out without shared memory, and during
- * recovery, where the primary's in-flight appends cannot be seen.
+ * taken after this call.  Errors out without shared memory.  On a hot
+ * standby the floors come from WAL (standby.c).
  */
-int64
-CqrsSafePosition(Relation events)
+bool
+CqrsSafePositionIfKnown(Relation events, int64 *safe_out)
 {
 	int64		safe;
 
 	CqrsRequireHorizon();
 	if (RecoveryInProgress())
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot compute a safe read position during recovery"),
-				 errdetail("Appends in flight on the primary are not visible on a standby."),
-				 errhint("Read the log by position on the primary, or stream it with the pg_cqrs output plugin.")));
+		return CqrsStandbySafePosition(events, safe_out);
 
 	safe = CqrsMaxPosition(events, GetLatestSnapshot());
 	pg_memory_barrier();
@@ -347,6 +397,26 @@ CqrsSafePosition(Relation events)
 			safe = (int64) (f - 1);
 	}
 
+	*safe_out = safe;
+	return true;
+}
+
+/*
+ * CqrsSafePosition
+ *		The safe position, or an error on a standby that cannot know it yet.
+ */
+int64
+CqrsSafePosition(Relation events)
+{
+	int64		safe;
+
+	if (!CqrsSafePositionIfKnown(events, &safe))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this standby cannot compute a safe read position yet"),
+				 errdetail("Transactions that were appending on the primary when this standby started replay are still open, "
+						   "or the primary does not log its appenders' floors (cqrs.wal_rmgr_id = 0, or more backends than this standby has)."),
+				 errhint("Retry shortly: the primary logs every open floor once a second while appends run.")));
 	return safe;
 }
 

@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include "access/rmgr.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -45,11 +46,18 @@ int			cqrs_naptime = 1000;
 /* cqrs.handler_timeout: longest one handler call may take, in ms; 0: no limit */
 int			cqrs_handler_timeout = 10000;
 
+/*
+ * cqrs.wal_rmgr_id: the custom WAL resource manager id under which appends
+ * log their floors for hot standbys (standby.c); 0: do not log them
+ */
+int			cqrs_wal_rmgr_id = 128;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static void cqrs_shmem_request(void);
 static void cqrs_shmem_startup(void);
+static bool check_wal_rmgr_id(int *newval, void **extra, GucSource source);
 
 void
 _PG_init(void)
@@ -99,6 +107,18 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("cqrs.wal_rmgr_id",
+							"Custom WAL resource manager id of pg_cqrs's records, or 0 for none.",
+							"Appends write their floors to WAL under this id so that hot standbys can read the log "
+							"by position. Every server replaying this WAL must load pg_cqrs with the same id.",
+							&cqrs_wal_rmgr_id,
+							128,
+							0,
+							255,
+							PGC_POSTMASTER,
+							0,
+							check_wal_rmgr_id, NULL, NULL);
+
 	MarkGUCPrefixReserved("cqrs");
 
 	CqrsWakeupInit();
@@ -107,6 +127,7 @@ _PG_init(void)
 
 	if (process_shared_preload_libraries_in_progress)
 	{
+		CqrsStandbyInit();
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = cqrs_shmem_request;
 		prev_shmem_startup_hook = shmem_startup_hook;
@@ -120,6 +141,7 @@ cqrs_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	CqrsHorizonShmemRequest();
+	CqrsStandbyShmemRequest();
 	CqrsWakeupShmemRequest();
 	CqrsOutboxShmemRequest();	/* outbox */
 }
@@ -130,6 +152,18 @@ cqrs_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	CqrsHorizonShmemStartup();
+	CqrsStandbyShmemStartup();
 	CqrsWakeupShmemStartup();
 	CqrsOutboxShmemStartup();	/* outbox */
+}
+
+/* 0, or an id PostgreSQL leaves to extensions (RM_MIN_CUSTOM_ID and up) */
+static bool
+check_wal_rmgr_id(int *newval, void **extra, GucSource source)
+{
+	if (*newval == 0 || (*newval >= RM_MIN_CUSTOM_ID && *newval <= RM_MAX_CUSTOM_ID))
+		return true;
+	GUC_check_errdetail("cqrs.wal_rmgr_id must be 0 or between %d and %d.",
+						RM_MIN_CUSTOM_ID, RM_MAX_CUSTOM_ID);
+	return false;
 }

@@ -40,6 +40,7 @@
  *	digest.c			read-table digests: deltas, their trigger, stored digests
  *	rowhash.c			row image hashes; a table's rows summed per key bucket
  *	horizon.c			the safe read position: appenders' floors in shared memory
+ *	standby.c			appenders' floors carried to hot standbys in WAL records
  *	catalog.c			cqrs.projections and cqrs.skipped_events, the sync cache
  *	scope.c				acting as the catalog's owner or as a projection's owner
  *	outbox.c			cqrs.publish, the message format, outbox_status
@@ -86,6 +87,7 @@ extern int	cqrs_max_event_size;
 extern int	cqrs_batch_size;
 extern int	cqrs_naptime;
 extern int	cqrs_handler_timeout;
+extern int	cqrs_wal_rmgr_id;
 
 /* guard.c */
 extern void CqrsAllowAppendInsert(void);
@@ -258,6 +260,24 @@ extern void CqrsRequireProjectionOwner(const char *name);
 extern void CqrsCheckProjectionStatusAccess(const CqrsProjection *p);
 extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
 
+/* standby.c */
+
+/* One appender's floor, as WAL carries it to standbys. */
+typedef struct CqrsWalFloor
+{
+	int32		procno;			/* the primary's PGPROC number */
+	Oid			dboid;
+	TransactionId xid;			/* the appending top-level transaction */
+	int64		floor;
+} CqrsWalFloor;
+
+extern void CqrsStandbyInit(void);
+extern void CqrsStandbyShmemRequest(void);
+extern void CqrsStandbyShmemStartup(void);
+extern void CqrsStandbyLogFloor(int64 floor);
+extern void CqrsStandbyLogAllFloors(XLogRecPtr scanned_from, const CqrsWalFloor *floors, int n);
+extern bool CqrsStandbySafePosition(Relation events, int64 *safe);
+
 /* horizon.c */
 extern void CqrsHorizonShmemRequest(void);
 extern void CqrsHorizonShmemStartup(void);
@@ -268,6 +288,7 @@ extern void CqrsHorizonBeginAppend(Relation events);
 extern void CqrsHorizonNoteAllocated(int64 position);
 extern TransactionId CqrsHorizonHolder(int64 position);
 extern int64 CqrsSafePosition(Relation events);
+extern bool CqrsSafePositionIfKnown(Relation events, int64 *safe);
 
 /* rowhash.c */
 #define CQRS_DIGEST_BUCKETS 1024

@@ -47,6 +47,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
@@ -75,6 +76,9 @@
 
 #include "compat.h"
 #include "pg_cqrs.h"
+
+/* How often wait_for_projection looks on a hot standby, in ms. */
+#define CQRS_STANDBY_POLL_MS 10
 
 PG_FUNCTION_INFO_V1(cqrs_create_projection);
 PG_FUNCTION_INFO_V1(cqrs_drop_projection);
@@ -660,43 +664,51 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
  * Where a projection has got to, read with a fresh snapshot: a deferred or
  * paused projection's checkpoint; for a running sync projection, the safe
  * position (every final event is applied).  Sets *state.  For those
- * CqrsCheckProjectionStatusAccess lets follow it.
+ * CqrsCheckProjectionStatusAccess lets follow it.  False when that is not
+ * known: a sync projection on a standby that cannot compute a safe
+ * position yet (see standby.c).
  */
-static int64
-projection_progress(const char *name, char *state)
+static bool
+projection_progress(const char *name, char *state, int64 *position)
 {
 	CqrsProjection *p;
-	int64		position;
+	bool		known = true;
 
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, false);
 	CqrsCheckProjectionStatusAccess(p);
-	position = p->position;
+	*position = p->position;
 	*state = p->state;
 	if (p->sync && p->state == 'r')
 	{
 		Relation	events = CqrsOpenEventLog(AccessShareLock);
 
-		position = CqrsHorizonAvailable() ? CqrsSafePosition(events)
-			: CqrsMaxPosition(events, GetLatestSnapshot());
+		if (CqrsHorizonAvailable())
+			known = CqrsSafePositionIfKnown(events, position);
+		else
+			*position = CqrsMaxPosition(events, GetLatestSnapshot());
 		table_close(events, NoLock);
 	}
 	SPI_finish();
-	return position;
+	return known;
 }
 
 /*
  * cqrs.projection_position(name text) RETURNS bigint
  *
  * The position up to which the projection has applied every event; used by
- * the cqrs.projection_status view.
+ * the cqrs.projection_status view.  NULL on a standby that cannot know it
+ * yet.
  */
 Datum
 cqrs_projection_position(PG_FUNCTION_ARGS)
 {
 	char		state;
+	int64		position;
 
-	PG_RETURN_INT64(projection_progress(CqrsProjectionNameArg(fcinfo, 0), &state));
+	if (!projection_progress(CqrsProjectionNameArg(fcinfo, 0), &state, &position))
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(position);
 }
 
 /*
@@ -735,7 +747,8 @@ cqrs_projection_owner(PG_FUNCTION_ARGS)
  *
  * Sleeps on the workers' progress condition variable (or, without shared
  * memory, on the latch) until the projection has applied every event at or
- * below up_to; false when the timeout passes first.
+ * below up_to; false when the timeout passes first.  On a hot standby it
+ * looks every CQRS_STANDBY_POLL_MS instead.
  */
 Datum
 cqrs_wait_for_projection(PG_FUNCTION_ARGS)
@@ -762,10 +775,11 @@ cqrs_wait_for_projection(PG_FUNCTION_ARGS)
 	for (;;)
 	{
 		char		state;
+		int64		position;
 		long		remaining;
 
 		CHECK_FOR_INTERRUPTS();
-		if (projection_progress(name, &state) >= up_to)
+		if (projection_progress(name, &state, &position) && position >= up_to)
 		{
 			done = true;
 			break;
@@ -773,7 +787,12 @@ cqrs_wait_for_projection(PG_FUNCTION_ARGS)
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (remaining <= 0)
 			break;
-		CqrsWaitForProgress(Min(remaining, 100));
+
+		/*
+		 * On the primary, workers and appends wake us.  On a standby,
+		 * progress arrives by replay, which wakes nobody: look often.
+		 */
+		CqrsWaitForProgress(Min(remaining, RecoveryInProgress() ? CQRS_STANDBY_POLL_MS : 100));
 	}
 	CqrsWaitForProgressDone();
 	PG_RETURN_BOOL(done);
