@@ -254,6 +254,41 @@ SELECT name, lag_events FROM cqrs.outbox_status;
 SELECT count(*) FROM cqrs.append('order-43', 'D', '{}');
 SELECT count(*) FROM pg_logical_slot_get_changes('outbox', NULL, NULL, 'categories', 'nothing');
 SELECT name, lag_events FROM cqrs.outbox_status;
+-- a consumer far behind its decoder: 100 transactions decoded, more than
+-- the 32 (LSN, position) pairs kept, and only some confirmed: the lag is
+-- known (it stayed NULL in 0.5), never less than the truth, and close to it
+SELECT 'init' FROM pg_create_logical_replication_slot('far', 'pg_cqrs');
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        PERFORM cqrs.append('far-' || i, 'Far', '{}');
+        COMMIT;
+    END LOOP;
+END
+$$;
+CREATE TEMP TABLE far AS
+    SELECT row_number() OVER () AS txn, (data::json->>'position')::bigint AS position,
+           (data::json->>'lsn')::pg_lsn AS lsn
+      FROM pg_logical_slot_peek_changes('far', NULL, NULL, 'categories', 'far');
+SELECT count(*), count(DISTINCT lsn) FROM far;
+SELECT name, lag_events FROM cqrs.outbox_status WHERE name = 'far';
+CREATE FUNCTION far_confirm(txn int) RETURNS TABLE (true_lag bigint, lag_events bigint) LANGUAGE sql AS $$
+    SELECT 'advanced' FROM pg_replication_slot_advance('far', (SELECT lsn FROM far WHERE far.txn = $1));
+    SELECT (SELECT max(position) FROM cqrs.events) - (SELECT position FROM far WHERE far.txn = $1),
+           (SELECT lag_events FROM cqrs.outbox_status WHERE name = 'far')
+$$;
+SELECT true_lag, lag_events IS NOT NULL AS known, lag_events >= true_lag AS not_understated,
+       lag_events <= true_lag + 10 AS close
+  FROM far_confirm(1) UNION ALL
+SELECT true_lag, lag_events IS NOT NULL, lag_events >= true_lag, lag_events <= true_lag + 10
+  FROM far_confirm(40) UNION ALL
+SELECT true_lag, lag_events IS NOT NULL, lag_events >= true_lag, lag_events <= true_lag + 10
+  FROM far_confirm(77);
+SELECT lag_events FROM far_confirm(100);
+SELECT pg_drop_replication_slot('far');
+DROP FUNCTION far_confirm(int);
+DROP TABLE far;
+SELECT outbox_consume();
 
 --
 -- commit order, not position order: the later position commits first
