@@ -609,8 +609,10 @@ append_json_timestamptz(DecoderState *st, StringInfo buf, Datum d, bool isnull)
 
 /*
  * The end every object of a transaction shares: the LSN that ends its
- * commit record (what a consumer confirms to move past it; non-decreasing
- * along the stream) and its top-level xid.
+ * commit record (non-decreasing along the stream; confirming it skips the
+ * whole transaction on reconnect, so a consumer may confirm it only once
+ * the transaction's last line is processed: see "Transaction end" above)
+ * and its top-level xid.
  */
 static void
 append_tail(DecoderState *st, StringInfo buf, ReorderBufferTXN *txn)
