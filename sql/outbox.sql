@@ -145,6 +145,8 @@ SELECT * FROM outbox_peek('types', 'a,,b');
 SELECT * FROM outbox_peek('topics', 'a, ');
 SELECT * FROM outbox_peek('include-metadata', 'maybe');
 SELECT * FROM outbox_peek('format', 'xml');
+SELECT * FROM outbox_peek('transaction-end', 'maybe');
+SELECT * FROM outbox_peek('transaction-end', 'on', 'transaction-end', 'off');
 -- (option values without a value, pg_recvlogical -o format, are
 -- tested in t/007_outbox_recvlogical.pl: SQL cannot pass them)
 
@@ -174,6 +176,31 @@ SELECT * FROM outbox_peek('format', 'debezium', 'topics', 'order-events');
 -- each message has its own id
 SELECT count(DISTINCT data::json->>'id') AS ids, count(*) AS messages
   FROM pg_logical_slot_peek_changes('outbox', NULL, NULL) WHERE data LIKE '{"topic"%';
+
+--
+-- transaction-end: one commit line ends each transaction that wrote a line,
+-- counting its lines; none for a transaction whose lines were all filtered
+-- out, none without the option
+--
+SELECT * FROM outbox_peek('transaction-end', 'true');
+SELECT * FROM outbox_peek('transaction-end', 'on', 'topics', 'notifications', 'categories', 'none');
+SELECT * FROM outbox_peek('transaction-end', 'off', 'topics', 'notifications');
+SELECT count(*) FROM pg_logical_slot_peek_changes('outbox', NULL, NULL, 'transaction-end', 'true',
+                                                  'topics', 'none', 'categories', 'none');
+-- its lsn and xid are those its transaction's lines carry; its row's lsn
+-- (the replication message's start) is its lsn too, while a change line's
+-- row starts before its lsn; lines counts them
+WITH c AS (
+    SELECT lsn, data::json AS j, data::json->'commit' AS e
+      FROM pg_logical_slot_peek_changes('outbox', NULL, NULL, 'transaction-end', 'true'))
+SELECT count(*) AS commits,
+       count(*) FILTER (WHERE (e->>'lsn')::pg_lsn = lsn) AS message_at_lsn,
+       count(*) FILTER (WHERE (e->>'lines')::int =
+                        (SELECT count(*) FROM c l WHERE l.e IS NULL
+                            AND l.j->>'lsn' = c.e->>'lsn' AND l.j->>'xid' = c.e->>'xid')) AS lines_match,
+       (SELECT count(*) FROM c l WHERE l.e IS NULL AND (l.j->>'lsn')::pg_lsn > l.lsn) AS change_lines_before,
+       (SELECT count(*) FROM c l WHERE l.e IS NULL) AS change_lines
+  FROM c WHERE e IS NOT NULL;
 SELECT outbox_consume();
 
 -- other prefixes and non-transactional messages are not ours; a message
@@ -227,6 +254,41 @@ SELECT name, lag_events FROM cqrs.outbox_status;
 SELECT count(*) FROM cqrs.append('order-43', 'D', '{}');
 SELECT count(*) FROM pg_logical_slot_get_changes('outbox', NULL, NULL, 'categories', 'nothing');
 SELECT name, lag_events FROM cqrs.outbox_status;
+-- a consumer far behind its decoder: 100 transactions decoded, more than
+-- the 32 (LSN, position) pairs kept, and only some confirmed: the lag is
+-- known (it stayed NULL in 0.5), never less than the truth, and close to it
+SELECT 'init' FROM pg_create_logical_replication_slot('far', 'pg_cqrs');
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        PERFORM cqrs.append('far-' || i, 'Far', '{}');
+        COMMIT;
+    END LOOP;
+END
+$$;
+CREATE TEMP TABLE far AS
+    SELECT row_number() OVER () AS txn, (data::json->>'position')::bigint AS position,
+           (data::json->>'lsn')::pg_lsn AS lsn
+      FROM pg_logical_slot_peek_changes('far', NULL, NULL, 'categories', 'far');
+SELECT count(*), count(DISTINCT lsn) FROM far;
+SELECT name, lag_events FROM cqrs.outbox_status WHERE name = 'far';
+CREATE FUNCTION far_confirm(txn int) RETURNS TABLE (true_lag bigint, lag_events bigint) LANGUAGE sql AS $$
+    SELECT 'advanced' FROM pg_replication_slot_advance('far', (SELECT lsn FROM far WHERE far.txn = $1));
+    SELECT (SELECT max(position) FROM cqrs.events) - (SELECT position FROM far WHERE far.txn = $1),
+           (SELECT lag_events FROM cqrs.outbox_status WHERE name = 'far')
+$$;
+SELECT true_lag, lag_events IS NOT NULL AS known, lag_events >= true_lag AS not_understated,
+       lag_events <= true_lag + 10 AS close
+  FROM far_confirm(1) UNION ALL
+SELECT true_lag, lag_events IS NOT NULL, lag_events >= true_lag, lag_events <= true_lag + 10
+  FROM far_confirm(40) UNION ALL
+SELECT true_lag, lag_events IS NOT NULL, lag_events >= true_lag, lag_events <= true_lag + 10
+  FROM far_confirm(77);
+SELECT lag_events FROM far_confirm(100);
+SELECT pg_drop_replication_slot('far');
+DROP FUNCTION far_confirm(int);
+DROP TABLE far;
+SELECT outbox_consume();
 
 --
 -- commit order, not position order: the later position commits first

@@ -69,8 +69,17 @@
  * filtered out, which is as good): the slot has delivered up to that
  * position.  cqrs.outbox_status subtracts it from the log's head, as
  * projection_status does, to give a lag in positions.  The pairs are kept in
- * a small array per slot; when it is full the two oldest pairs merge, which
- * can only make the answer later, never wrong.  Right after a server start
+ * a small array per slot; when it is full, one pair merges into the next
+ * (the later LSN, the higher position), which can only make the answer
+ * later, never wrong.  Which one matters: a walsender decodes far ahead of
+ * what its consumer confirms, and merging always the two oldest (as 0.5
+ * did) pushed the oldest LSN known past the consumer's confirmed one as soon
+ * as it was more than 32 transactions behind -- the lag stayed NULL under
+ * any steady load.  So the oldest pair is never merged away, and of the
+ * others the one whose neighbours are closest in WAL goes: the pairs stay
+ * spread evenly between the oldest and the newest, and a consumer anywhere
+ * in between gets an answer about a thirty-second of its backlog late.
+ * Right after a server start
  * nothing is known until the decoder has seen a transaction with events and
  * the consumer has confirmed it: the lag is NULL meanwhile.
  *
@@ -547,7 +556,9 @@ typedef struct OutboxSlot
 	NameData	name;			/* the slot's name; empty: entry free */
 	int64		delivered;		/* highest position known delivered, or -1 */
 	int			npairs;
-	OutboxPair	pairs[OUTBOX_PAIRS];	/* oldest first, end_lsn increasing */
+	OutboxPair	pairs[OUTBOX_PAIRS + 1];	/* oldest first, end_lsn
+											 * increasing; one more while
+											 * merging */
 } OutboxSlot;
 
 typedef struct OutboxShared
@@ -708,16 +719,37 @@ CqrsOutboxNoteDecoded(ReplicationSlot *slot, int *cache, XLogRecPtr end_lsn,
 		return;
 	}
 
-	/* full: merge the two oldest, which only delays what we report */
-	if (e->npairs == OUTBOX_PAIRS)
-	{
-		e->pairs[1].position = Max(e->pairs[0].position, e->pairs[1].position);
-		memmove(&e->pairs[0], &e->pairs[1], (OUTBOX_PAIRS - 1) * sizeof(OutboxPair));
-		e->npairs--;
-	}
 	e->pairs[e->npairs].end_lsn = end_lsn;
 	e->pairs[e->npairs].position = position;
 	e->npairs++;
+
+	/*
+	 * Full: merge one pair into its successor, which only delays what we
+	 * report (see the file header): never the oldest, whose LSN is the
+	 * first the consumer can reach, and never the one just added; of the
+	 * others, the one whose neighbours are closest in WAL.
+	 */
+	if (e->npairs == OUTBOX_PAIRS + 1)
+	{
+		int			victim = 1;
+		uint64		best = PG_UINT64_MAX;
+
+		for (int i = 1; i < e->npairs - 1; i++)
+		{
+			uint64		span = e->pairs[i + 1].end_lsn - e->pairs[i - 1].end_lsn;
+
+			if (span < best)
+			{
+				best = span;
+				victim = i;
+			}
+		}
+		e->pairs[victim + 1].position = Max(e->pairs[victim].position,
+											e->pairs[victim + 1].position);
+		memmove(&e->pairs[victim], &e->pairs[victim + 1],
+				(e->npairs - victim - 1) * sizeof(OutboxPair));
+		e->npairs--;
+	}
 	LWLockRelease(outbox->lock);
 }
 

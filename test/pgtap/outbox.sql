@@ -24,7 +24,7 @@ BEGIN
 END
 $$;
 
-SELECT plan(39);
+SELECT plan(46);
 
 -- the functions and the view
 SELECT has_function('cqrs', 'publish', ARRAY['text', 'jsonb', 'text']);
@@ -96,6 +96,33 @@ SELECT throws_ok($$SELECT * FROM pg_logical_slot_peek_changes('pgtap_outbox', NU
     '22023', NULL, 'an unknown format is an error');
 SELECT throws_ok($$SELECT * FROM pg_logical_slot_peek_changes('pgtap_outbox', NULL, NULL, 'types', ',')$$,
     '22023', NULL, 'an empty list item is an error');
+
+-- transaction-end: a commit line per transaction, what it says, where its
+-- message starts; the divergence check of README finds every event line
+CREATE TEMP TABLE ended AS
+    SELECT row_number() OVER () AS n, lsn, xid, data::jsonb AS j
+      FROM pg_logical_slot_peek_changes('pgtap_outbox', NULL, NULL, 'transaction-end', 'true');
+SELECT results_eq($$SELECT coalesce(j->>'type', j->>'topic', 'commit') FROM ended ORDER BY n$$,
+    ARRAY['OrderPlaced', 'orders', 'commit', 'CustomerRegistered', 'commit'],
+    'transaction-end: each transaction ends with a commit line');
+SELECT is((SELECT j FROM ended WHERE n = 3),
+    jsonb_build_object('commit', jsonb_build_object('lsn', (SELECT j->>'lsn' FROM ended WHERE n = 1),
+                                                    'xid', (SELECT (j->>'xid')::bigint FROM ended WHERE n = 1),
+                                                    'lines', 2)),
+    'the commit line: its transaction''s lsn and xid, and how many lines came before');
+SELECT ok((SELECT bool_and(lsn = (j->'commit'->>'lsn')::pg_lsn) FROM ended WHERE j ? 'commit'),
+          'a commit line''s message starts at its lsn: safe to confirm once it is processed');
+SELECT ok((SELECT bool_and(lsn < (j->>'lsn')::pg_lsn) FROM ended WHERE NOT j ? 'commit'),
+          'a change line''s message starts before its lsn');
+SELECT is((SELECT count(*) FROM pg_logical_slot_peek_changes('pgtap_outbox', NULL, NULL,
+                  'transaction-end', 'true', 'categories', 'none', 'topics', 'none')), 0::bigint,
+          'no commit line for a transaction whose lines were all filtered out');
+SELECT throws_ok($$SELECT * FROM pg_logical_slot_peek_changes('pgtap_outbox', NULL, NULL, 'transaction-end', 'yes please')$$,
+    '22023', 'invalid value for option "transaction-end": "yes please"', 'a bad transaction-end is an error');
+SELECT set_eq($$SELECT position, id FROM cqrs.events
+                 WHERE position = ANY (ARRAY(SELECT (j->>'position')::bigint FROM ended WHERE j ? 'position'))$$,
+    $$SELECT (j->>'position')::bigint, (j->>'id')::uuid FROM ended WHERE j ? 'position'$$,
+    'the divergence check: the log still holds each line''s (position, id)');
 
 -- publish: bad input, and what it returns
 SELECT throws_ok($$SELECT cqrs.publish(NULL, '{}')$$, '22004', 'topic must not be null');
