@@ -145,6 +145,8 @@ SELECT * FROM outbox_peek('types', 'a,,b');
 SELECT * FROM outbox_peek('topics', 'a, ');
 SELECT * FROM outbox_peek('include-metadata', 'maybe');
 SELECT * FROM outbox_peek('format', 'xml');
+SELECT * FROM outbox_peek('transaction-end', 'maybe');
+SELECT * FROM outbox_peek('transaction-end', 'on', 'transaction-end', 'off');
 -- (option values without a value, pg_recvlogical -o format, are
 -- tested in t/007_outbox_recvlogical.pl: SQL cannot pass them)
 
@@ -174,6 +176,31 @@ SELECT * FROM outbox_peek('format', 'debezium', 'topics', 'order-events');
 -- each message has its own id
 SELECT count(DISTINCT data::json->>'id') AS ids, count(*) AS messages
   FROM pg_logical_slot_peek_changes('outbox', NULL, NULL) WHERE data LIKE '{"topic"%';
+
+--
+-- transaction-end: one commit line ends each transaction that wrote a line,
+-- counting its lines; none for a transaction whose lines were all filtered
+-- out, none without the option
+--
+SELECT * FROM outbox_peek('transaction-end', 'true');
+SELECT * FROM outbox_peek('transaction-end', 'on', 'topics', 'notifications', 'categories', 'none');
+SELECT * FROM outbox_peek('transaction-end', 'off', 'topics', 'notifications');
+SELECT count(*) FROM pg_logical_slot_peek_changes('outbox', NULL, NULL, 'transaction-end', 'true',
+                                                  'topics', 'none', 'categories', 'none');
+-- its lsn and xid are those its transaction's lines carry; its row's lsn
+-- (the replication message's start) is its lsn too, while a change line's
+-- row starts before its lsn; lines counts them
+WITH c AS (
+    SELECT lsn, data::json AS j, data::json->'commit' AS e
+      FROM pg_logical_slot_peek_changes('outbox', NULL, NULL, 'transaction-end', 'true'))
+SELECT count(*) AS commits,
+       count(*) FILTER (WHERE (e->>'lsn')::pg_lsn = lsn) AS message_at_lsn,
+       count(*) FILTER (WHERE (e->>'lines')::int =
+                        (SELECT count(*) FROM c l WHERE l.e IS NULL
+                            AND l.j->>'lsn' = c.e->>'lsn' AND l.j->>'xid' = c.e->>'xid')) AS lines_match,
+       (SELECT count(*) FROM c l WHERE l.e IS NULL AND (l.j->>'lsn')::pg_lsn > l.lsn) AS change_lines_before,
+       (SELECT count(*) FROM c l WHERE l.e IS NULL) AS change_lines
+  FROM c WHERE e IS NOT NULL;
 SELECT outbox_consume();
 
 -- other prefixes and non-transactional messages are not ours; a message

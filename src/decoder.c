@@ -55,9 +55,26 @@
  *	topics				comma-separated topics: only these published messages
  *	include-metadata	boolean, default true: emit the metadata field
  *	format				json (default) or debezium
+ *	transaction-end		boolean, default false: end every transaction that
+ *						wrote a line with a commit line (below)
  * Filters apply before any formatting.  categories and types apply to
  * events only, topics to messages only: an event filter never hides a
  * message and vice versa.
+ *
+ * Transaction end.  With transaction-end, the commit callback writes one
+ * more line for a transaction that wrote at least one:
+ *	{"commit":{"lsn":"<end of the commit record>","xid":N,"lines":K}}
+ * K counts the lines written for that transaction before it.  The line is
+ * what a consumer needs to checkpoint safely: the lsn every line carries is
+ * the end of the commit record, and confirming it skips the whole
+ * transaction on reconnect (logical decoding replays a transaction only if
+ * its commit record starts at or after the confirmed LSN), so confirming it
+ * before the last line is processed loses the rest.  The replication
+ * message of a change line starts at that change's own record, which
+ * replays the whole transaction; the commit line's message starts at the
+ * end of the commit record (the commit callback's write location), the
+ * same LSN its lsn field gives.  README, "Outbox streaming", states the
+ * rule; test/t/018_outbox_transaction_end.pl checks it.
  *
  * Progress.  A slot whose every change is filtered out writes nothing, yet
  * its consumer must be able to confirm the WAL it has passed, or the slot
@@ -137,10 +154,12 @@ typedef struct DecoderState
 	DecoderFilter types;
 	DecoderFilter topics;
 	bool		include_metadata;
+	bool		transaction_end;	/* write a commit line per transaction */
 	DecoderFormat format;
 
 	/* the current transaction */
 	bool		wrote;			/* something was written for it */
+	int64		lines;			/* how many lines were written for it */
 	int64		max_position;	/* highest event position in it, 0: none */
 	char		tail[64];		/* ,"lsn":"…","xid":…} shared by its objects */
 	int			tail_len;		/* 0 until computed */
@@ -208,7 +227,7 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
  */
 
 #define DECODER_VALID_OPTIONS \
-	"Valid options are \"categories\", \"types\", \"topics\", \"include-metadata\" and \"format\"."
+	"Valid options are \"categories\", \"types\", \"topics\", \"include-metadata\", \"format\" and \"transaction-end\"."
 
 /*
  * Split a comma-separated list; surrounding blanks are dropped, items are
@@ -282,7 +301,8 @@ parse_options(List *options, DecoderState *st)
 				seen_types = false,
 				seen_topics = false,
 				seen_metadata = false,
-				seen_format = false;
+				seen_format = false,
+				seen_transaction_end = false;
 
 	foreach(lc, options)
 	{
@@ -301,6 +321,8 @@ parse_options(List *options, DecoderState *st)
 			seen = &seen_metadata;
 		else if (strcmp(elem->defname, "format") == 0)
 			seen = &seen_format;
+		else if (strcmp(elem->defname, "transaction-end") == 0)
+			seen = &seen_transaction_end;
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -320,11 +342,15 @@ parse_options(List *options, DecoderState *st)
 			parse_filter(elem, &st->types);
 		else if (seen == &seen_topics)
 			parse_filter(elem, &st->topics);
-		else if (seen == &seen_metadata)
+		else if (seen == &seen_metadata || seen == &seen_transaction_end)
 		{
+			bool	   *value = seen == &seen_metadata ?
+				&st->include_metadata : &st->transaction_end;
+
 			/* a bare option means true, as in test_decoding */
-			if (elem->arg != NULL &&
-				!parse_bool(strVal(elem->arg), &st->include_metadata))
+			if (elem->arg == NULL)
+				*value = true;
+			else if (!parse_bool(strVal(elem->arg), value))
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid value for option \"%s\": \"%s\"",
@@ -652,6 +678,7 @@ decoder_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	DecoderState *st = ctx->output_plugin_private;
 
 	st->wrote = false;
+	st->lines = 0;
 	st->max_position = 0;
 	st->tail_len = 0;
 	st->dropped = 0;
@@ -675,6 +702,20 @@ decoder_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 								  st->dropped, txn->xid,
 								  LSN_FORMAT_ARGS(st->dropped_lsn), st->dropped_why),
 				 errhint("Only cqrs.publish() can write messages that the pg_cqrs output plugin emits.")));
+
+	/*
+	 * The commit line.  The commit callback's write location, which the
+	 * walsender sends as the message's start, is txn->end_lsn: the same LSN
+	 * as the lsn field, and safe to confirm once this line is processed.
+	 */
+	if (st->transaction_end && st->wrote)
+	{
+		OutputPluginPrepareWrite(ctx, true);
+		appendStringInfo(ctx->out,
+						 "{\"commit\":{\"lsn\":\"%X/%X\",\"xid\":%u,\"lines\":" INT64_FORMAT "}}",
+						 LSN_FORMAT_ARGS(txn->end_lsn), txn->xid, st->lines);
+		OutputPluginWrite(ctx, true);
+	}
 
 	if (st->max_position > 0 && ctx->slot != NULL)
 		CqrsOutboxNoteDecoded(ctx->slot, &st->outbox_slot, txn->end_lsn,
@@ -837,6 +878,7 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	OutputPluginWrite(ctx, true);
 	st->wrote = true;
+	st->lines++;
 
 done:
 	MemoryContextSwitchTo(old);
@@ -927,6 +969,7 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	OutputPluginWrite(ctx, true);
 	st->wrote = true;
+	st->lines++;
 
 done:
 	MemoryContextSwitchTo(old);
