@@ -85,6 +85,7 @@ typedef struct RelayStats
 	uint64_t	sessions;
 	RelayLsn	confirmed;
 	uint64_t	last_events;	/* at the last progress line */
+	RelayLsn	last_confirmed;
 	int64_t		last_ms;
 } RelayStats;
 
@@ -159,6 +160,11 @@ progress(const RelayConfig *cfg, RelayStats *st, RelayNats *rn, bool force)
 
 	if (!force && (cfg->progress_ms <= 0 || dt < cfg->progress_ms))
 		return;
+	/* an idle relay says so every 10 s, not at every interval */
+	if (!force && done == st->last_events && st->confirmed == st->last_confirmed &&
+		dt < 10000)
+		return;
+	st->last_confirmed = st->confirmed;
 	fprintf(stderr, "pg_cqrs_relay: %llu events, %llu messages, %.0f/s, confirmed "
 			RELAY_LSN_FMT ", in flight %llu\n",
 			(unsigned long long) st->events, (unsigned long long) st->messages,
@@ -418,7 +424,8 @@ usage(void)
 		   "      --backfill             and then back-fill from the log (failover)\n"
 		   "      --checkpoint-file=F    where the back-fill checkpoint is kept\n"
 		   "  -E, --endpos=LSN           stop once confirmed up to LSN\n"
-		   "      --verify               print the stream's message ids, count duplicates\n"
+		   "      --verify               print the stream's messages, count duplicate ids\n"
+		   "      --count                only say how many messages the stream holds\n"
 		   "  -v, --verbose\n"
 		   "  -?, --help\n");
 }
@@ -449,6 +456,7 @@ main(int argc, char **argv)
 		{"backfill", no_argument, NULL, 13},
 		{"checkpoint-file", required_argument, NULL, 14},
 		{"verify", no_argument, NULL, 15},
+		{"count", no_argument, NULL, 16},
 		{NULL, 0, NULL, 0}
 	};
 	RelayConfig cfg = {
@@ -546,13 +554,18 @@ main(int argc, char **argv)
 			case 15:
 				cfg.verify = true;
 				break;
+			case 16:
+				cfg.verify = true;
+				cfg.count_only = true;
+				break;
 			case '?':
-				if (optopt == 0 || optopt == '?')
+				if (strcmp(argv[optind - 1], "-?") == 0 ||
+					strcmp(argv[optind - 1], "--help") == 0)
 				{
 					usage();
-					return strcmp(argv[optind - 1], "-?") == 0 ||
-						strcmp(argv[optind - 1], "--help") == 0 ? 0 : 1;
+					return 0;
 				}
+				fprintf(stderr, "Try \"pg_cqrs_relay --help\".\n");
 				return 1;
 			default:
 				return 1;

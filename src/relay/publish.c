@@ -53,6 +53,15 @@ struct RelayNats
 	char		why[256];
 };
 
+/*
+ * The library may call the handlers below after relay_nats_close() (the
+ * connection's close runs the disconnected callback on the library's
+ * thread): they reach the window through "live", which close clears.  One
+ * window at a time per process.
+ */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static RelayNats *live;
+
 static void
 fail_locked(RelayNats *rn, const char *why)
 {
@@ -67,9 +76,17 @@ fail_locked(RelayNats *rn, const char *why)
 static void
 ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
-	RelayNats  *rn = closure;
+	RelayNats  *rn;
 	uint64_t	s;
 
+	pthread_mutex_lock(&live_lock);
+	rn = live;
+	if (rn == NULL || rn != closure)
+	{
+		pthread_mutex_unlock(&live_lock);
+		natsMsg_Destroy(msg);
+		return;
+	}
 	pthread_mutex_lock(&rn->lock);
 	if (pae != NULL || pa == NULL)
 	{
@@ -111,19 +128,28 @@ ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closu
 		}
 	}
 	pthread_mutex_unlock(&rn->lock);
+	pthread_mutex_unlock(&live_lock);
 	natsMsg_Destroy(msg);
 }
 
 static void
 disconnected_cb(natsConnection *nc, void *closure)
 {
-	RelayNats  *rn = closure;
+	RelayNats  *rn;
 
+	pthread_mutex_lock(&live_lock);
+	rn = live;
+	if (rn == NULL || rn != closure)
+	{
+		pthread_mutex_unlock(&live_lock);
+		return;
+	}
 	pthread_mutex_lock(&rn->lock);
 	/* in-flight messages may be lost with the connection: start again */
 	if (rn->published > rn->acked)
 		fail_locked(rn, "disconnected from NATS with messages in flight");
 	pthread_mutex_unlock(&rn->lock);
+	pthread_mutex_unlock(&live_lock);
 }
 
 RelayNats *
@@ -139,6 +165,9 @@ relay_nats_connect(const RelayConfig *cfg)
 	pthread_mutex_init(&rn->lock, NULL);
 	pthread_cond_init(&rn->cond, NULL);
 	rn->last_progress_ms = relay_now_ms();
+	pthread_mutex_lock(&live_lock);
+	live = rn;
+	pthread_mutex_unlock(&live_lock);
 
 	s = natsOptions_Create(&rn->opts);
 	if (s == NATS_OK)
@@ -183,10 +212,18 @@ relay_nats_close(RelayNats *rn)
 
 	if (rn == NULL)
 		return;
+	pthread_mutex_lock(&live_lock);
+	if (live == rn)
+		live = NULL;
+	pthread_mutex_unlock(&live_lock);
 	if (rn->js)
 	{
-		/* whatever is still unacknowledged is ours to drop */
-		if (js_PublishAsyncGetPendingList(&pending, rn->js) == NATS_OK)
+		/*
+		 * Whatever is still unacknowledged is ours to drop (3.4 crashes here
+		 * when nothing was ever published asynchronously).
+		 */
+		if (rn->published > 0 &&
+			js_PublishAsyncGetPendingList(&pending, rn->js) == NATS_OK)
 			natsMsgList_Destroy(&pending);
 		jsCtx_Destroy(rn->js);
 	}
@@ -392,8 +429,8 @@ cmp_str(const void *a, const void *b)
 
 /*
  * --verify: read the stream back, message by message, and print each
- * message's Nats-Msg-Id on stdout (one a line, in stream order); on stderr
- * the count, the distinct ids and the duplicates.  Exit status 0 when there
+ * message's body on stdout (one line each, in stream order); on stderr the
+ * count, the distinct Nats-Msg-Ids and the duplicates.  Exit status 0 when there
  * is no duplicate and every message has an id.
  */
 int
@@ -422,6 +459,14 @@ relay_verify(const RelayConfig *cfg)
 		relay_nats_close(rn);
 		return 2;
 	}
+	if (cfg->count_only)
+	{
+		fprintf(stderr, "pg_cqrs_relay: stream %s: %llu messages\n", cfg->stream,
+				(unsigned long long) si->State.Msgs);
+		jsStreamInfo_Destroy(si);
+		relay_nats_close(rn);
+		return 0;
+	}
 	first = si->State.FirstSeq;
 	last = si->State.LastSeq;
 	jsStreamInfo_Destroy(si);
@@ -444,7 +489,8 @@ relay_verify(const RelayConfig *cfg)
 		count++;
 		if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id)
 		{
-			printf("%s\n", id);
+			fwrite(natsMsg_GetData(msg), 1, natsMsg_GetDataLength(msg), stdout);
+			putchar('\n');
 			ids[nids++] = strdup(id);
 		}
 		else
@@ -459,6 +505,7 @@ relay_verify(const RelayConfig *cfg)
 			"%llu duplicates, %llu without id\n", cfg->stream,
 			(unsigned long long) count, (unsigned long long) (nids - dups),
 			(unsigned long long) dups, (unsigned long long) noid);
+	fflush(stdout);
 	for (i = 0; i < nids; i++)
 		free(ids[i]);
 	free(ids);

@@ -60,6 +60,7 @@ typedef struct RelayConfig
 	const char *checkpoint_file;
 	RelayLsn	endpos;			/* stop once confirmed here (0: never) */
 	bool		verify;
+	bool		count_only;		/* --count: the stream's message count */
 	bool		verbose;
 } RelayConfig;
 
