@@ -49,6 +49,7 @@ struct RelayNats
 	uint64_t	published;		/* messages handed to the library */
 	uint64_t	acked;			/* every message below this is acked */
 	int64_t		last_progress_ms;	/* when "acked" last moved */
+	int			ack_timeout_ms;
 	bool		failed;
 	char		why[256];
 };
@@ -160,6 +161,7 @@ relay_nats_connect(const RelayConfig *cfg)
 	natsStatus	s;
 
 	rn->size = cfg->window;
+	rn->ack_timeout_ms = cfg->ack_timeout_ms;
 	rn->ring = calloc(rn->size, sizeof(natsMsg *));
 	rn->acked_flag = calloc(rn->size, 1);
 	pthread_mutex_init(&rn->lock, NULL);
@@ -312,9 +314,9 @@ relay_nats_publish(RelayNats *rn, const char *subject, const char *data, int len
 			ts.tv_nsec -= 1000000000;
 		}
 		pthread_cond_timedwait(&rn->cond, &rn->lock, &ts);
-		/* a window that does not move is a failure (see the session loop) */
-		if (relay_now_ms() - rn->last_progress_ms > 60000)
-			fail_locked(rn, "no JetStream ack for 60 s");
+		/* a window that does not move is a failure, as in the session loop */
+		if (relay_now_ms() - rn->last_progress_ms > rn->ack_timeout_ms)
+			fail_locked(rn, "no JetStream ack within --ack-timeout");
 	}
 	if (rn->failed)
 	{

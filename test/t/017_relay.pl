@@ -15,7 +15,9 @@
 #     the relay notices, starts a new session, and the stream is exact;
 #   - an immediate stop of PostgreSQL mid-stream, then a restart: the same;
 #   - in the stream, each stream's versions come in order without gaps;
-#   - --create-slot: a missing slot (as after a failover on 15) is created.
+#   - --create-slot --backfill: a missing slot (as after a failover on 15)
+#     is created, and the events appended without it are back-filled from
+#     the log after the relay's checkpoint.
 #
 # Skips when nats-server or pg_cqrs_relay (built only with libnats-dev) is
 # not installed.
@@ -105,7 +107,7 @@ sub start_relay
 		[
 			$relay, '-d', $node->connstr('postgres'), '-s', $url,
 			'--create-stream', '--progress', '0.05', '--status-interval', '1',
-			'--ack-timeout', '3000', @extra
+			'--ack-timeout', '3000', '--checkpoint-file', "$tmp/relay.checkpoint", @extra
 		],
 		'>>', $relay_log, '2>>', $relay_log);
 }
@@ -246,7 +248,7 @@ sub backlog
 	$node->safe_psql('postgres', append_sql($cat, $batch_events / 5));
 	my $lines = progress_lines();
 	$r = start_relay();
-	return wait_progress_over($lines, 1);
+	return wait_progress_over($lines, 500);
 }
 
 sub slot_behind
@@ -309,12 +311,19 @@ $node->safe_psql('postgres', "SELECT pg_drop_replication_slot('outbox')");
 my ($out, $err) = ('', '');
 IPC::Run::run([ $relay, '-d', $node->connstr('postgres'), '-s', $url ], '>', \$out, '2>', \$err);
 like($err, qr/slot "outbox" does not exist/, 'a missing slot is an error');
-$r = start_relay('--create-slot');
+# events appended while no slot exists (as between a promotion and the
+# slot's re-creation): only --backfill brings them, from the log
+ok(-s "$tmp/relay.checkpoint", 'the relay kept a checkpoint');
+note 'checkpoint: position ' . slurp_file("$tmp/relay.checkpoint");
+$node->safe_psql('postgres', append_sql('lost', 9));
+$r = start_relay('--create-slot', '--backfill');
 ok( $node->poll_query_until('postgres',
 		"SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'outbox'"),
 	'--create-slot creates the slot');
 $node->safe_psql('postgres', append_sql('after', 10));
-check_exact('after the slot was created again');
+my $after = check_exact('after the slot was created again and back-filled');
+is(scalar(grep { $_->{backfill} } @$after), 45, 'the 45 events appended without a slot were back-filled');
+like(slurp_file($relay_log), qr/back-filled \d+ events/, 'the relay says it back-filled');
 $r->signal('TERM');
 $r->finish;
 
