@@ -81,7 +81,7 @@ SQL
 		printf '  %-6s round %d  %-14s       %10.1f events/s\n' relay "$round" "$side" "$rate"
 	done
 	kill "$nats_pid" 2>/dev/null
-	wait "$nats_pid" 2>/dev/null
+	wait "$nats_pid" 2>/dev/null || true
 	rm -rf "$store"
 	cqrs_psql -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'bench_%'" >/dev/null
 }

@@ -195,6 +195,7 @@ run_session(const RelayConfig *cfg, RelayStats *st)
 				txn_lsn = 0;
 	bool		saw_commit_line = false;
 	bool		reply_due = false;
+	int			lines_since_check = 0;
 	int64_t		last_feedback = relay_now_ms();
 	char		subject[1024];
 	char		msgid[256];
@@ -325,6 +326,13 @@ run_session(const RelayConfig *cfg, RelayStats *st)
 				reply_due = true;
 		}
 
+		/*
+		 * The window's state is shared with the ack thread: look at it every
+		 * 64 lines while lines stream in, and at every other turn.
+		 */
+		if (k == RELAY_MSG_DATA && ++lines_since_check < 64)
+			continue;
+		lines_since_check = 0;
 		if (relay_nats_failed(rn, why, sizeof(why)))
 		{
 			relay_log("%s", why);

@@ -301,6 +301,16 @@ relay_nats_publish(RelayNats *rn, const char *subject, const char *data, int len
 	natsStatus	s;
 	uint64_t	seq;
 
+	s = natsMsg_Create(&msg, subject, NULL, data, len);
+	if (s != NATS_OK)
+	{
+		relay_log("could not create a message: %s", natsStatus_GetText(s));
+		return false;
+	}
+	jsPubOptions_Init(&po);
+	po.MsgId = msgid;
+
+	/* one lock: wait for room, then take the slot */
 	pthread_mutex_lock(&rn->lock);
 	while (!rn->failed && rn->published - rn->acked >= (uint64_t) rn->size)
 	{
@@ -321,21 +331,10 @@ relay_nats_publish(RelayNats *rn, const char *subject, const char *data, int len
 	if (rn->failed)
 	{
 		pthread_mutex_unlock(&rn->lock);
+		natsMsg_Destroy(msg);
 		return false;
 	}
-	pthread_mutex_unlock(&rn->lock);
-
-	s = natsMsg_Create(&msg, subject, NULL, data, len);
-	if (s != NATS_OK)
-	{
-		relay_log("could not create a message: %s", natsStatus_GetText(s));
-		return false;
-	}
-	jsPubOptions_Init(&po);
-	po.MsgId = msgid;
-
 	/* the slot first: the ack may arrive before js_PublishMsgAsync returns */
-	pthread_mutex_lock(&rn->lock);
 	if (rn->published == rn->acked)
 		rn->last_progress_ms = relay_now_ms();
 	seq = rn->published++;
@@ -360,15 +359,14 @@ relay_nats_publish(RelayNats *rn, const char *subject, const char *data, int len
 	return true;
 }
 
+/*
+ * Only the session's thread changes "published" (relay_nats_publish): it
+ * reads it without the lock.
+ */
 uint64_t
 relay_nats_published(RelayNats *rn)
 {
-	uint64_t	v;
-
-	pthread_mutex_lock(&rn->lock);
-	v = rn->published;
-	pthread_mutex_unlock(&rn->lock);
-	return v;
+	return rn->published;
 }
 
 uint64_t
