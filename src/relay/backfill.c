@@ -22,6 +22,12 @@
  * confirmed at W or beyond, every such event is in JetStream, and S is
  * written to --checkpoint-file (write, fsync, rename).
  *
+ * A relay stopped between creating the slot and the end of the back-fill
+ * would find the slot on its next start and skip the back-fill: a marker
+ * file (--checkpoint-file with ".backfill" appended) is written before the
+ * slot is created and removed once the back-fill is acknowledged; while it
+ * exists, every start back-fills again.
+ *
  * Back-filled lines have the fields of the plugin's json lines except
  * "lsn" and "xid" (not in the log), and "backfill": true.  Messages of
  * cqrs.publish exist only in WAL and cannot be back-filled.  Events lost
@@ -138,6 +144,48 @@ relay_checkpoint_note(const RelayConfig *cfg, RelayLsn confirmed)
 	if (relay_parse_lsn(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0), &ck_wal))
 		ck_pending = true;
 	PQclear(res);
+}
+
+static void
+marker_path(const RelayConfig *cfg, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s.backfill", cfg->checkpoint_file);
+}
+
+/* whether a back-fill was started and not finished */
+bool
+relay_backfill_pending(const RelayConfig *cfg)
+{
+	char		path[4096];
+
+	if (cfg->checkpoint_file == NULL)
+		return false;
+	marker_path(cfg, path, sizeof(path));
+	return access(path, F_OK) == 0;
+}
+
+/* the marker: before the slot is created (true), after the back-fill (false) */
+bool
+relay_backfill_mark(const RelayConfig *cfg, bool pending)
+{
+	char		path[4096];
+	int			fd;
+
+	if (cfg->checkpoint_file == NULL)
+		return true;
+	marker_path(cfg, path, sizeof(path));
+	if (!pending)
+		return unlink(path) == 0;
+	fd = open(path, O_WRONLY | O_CREAT, 0644);
+	if (fd < 0 || fsync(fd) != 0)
+	{
+		relay_log("could not write %s", path);
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	close(fd);
+	return true;
 }
 
 /* publish every event after the checkpoint up to the highest visible now */

@@ -223,10 +223,17 @@ run_session(const RelayConfig *cfg, RelayStats *st)
 			result = SESSION_FATAL;
 			goto out;
 		}
+		if (cfg->backfill && !relay_backfill_mark(cfg, true))
+			goto out;
 		if (!relay_create_slot(conn, cfg->slot, NULL))
 			goto out;
-		if (cfg->backfill && !relay_backfill(cfg, rn, &stop_requested))
+	}
+	/* a new slot, or one whose back-fill did not finish (backfill.c) */
+	if (cfg->backfill && (exists == 0 || relay_backfill_pending(cfg)))
+	{
+		if (!relay_backfill(cfg, rn, &stop_requested))
 			goto out;
+		relay_backfill_mark(cfg, false);
 	}
 	if (!relay_start_replication(conn, cfg))
 		goto out;

@@ -137,6 +137,8 @@ extern void relay_end_replication(PGconn *conn);
 /* backfill.c */
 extern bool relay_backfill(const RelayConfig *cfg, RelayNats *rn,
 						   volatile int *stop);
+extern bool relay_backfill_pending(const RelayConfig *cfg);
+extern bool relay_backfill_mark(const RelayConfig *cfg, bool pending);
 extern void relay_checkpoint_note(const RelayConfig *cfg, RelayLsn confirmed);
 extern bool relay_checkpoint_poll(const RelayConfig *cfg, PGconn **conn);
 

@@ -324,6 +324,7 @@ $node->safe_psql('postgres', append_sql('after', 10));
 my $after = check_exact('after the slot was created again and back-filled');
 is(scalar(grep { $_->{backfill} } @$after), 45, 'the 45 events appended without a slot were back-filled');
 like(slurp_file($relay_log), qr/back-filled \d+ events/, 'the relay says it back-filled');
+ok(!-e "$tmp/relay.checkpoint.backfill", 'the back-fill marker is gone once it is done');
 $r->signal('TERM');
 $r->finish;
 
