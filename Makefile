@@ -57,6 +57,28 @@ Run "make deps" as root, install postgresql-server-dev-NN, or set PG_CONFIG)
 endif
 include $(PGXS)
 $(OBJS): $(CQRS_HEADERS)
+
+# pg_cqrs_relay (src/relay/), a frontend program linked with libpq and
+# libnats: its own Makefile, built and installed (next to pg_recvlogical,
+# in pg_config --bindir) with the extension when libnats-dev is installed,
+# skipped with a message otherwise.
+RELAY_NATS_H := $(firstword $(wildcard /usr/include/nats/nats.h /usr/local/include/nats/nats.h))
+.PHONY: relay install-relay clean-relay
+ifneq ($(RELAY_NATS_H),)
+all: relay
+install: install-relay
+relay:
+	$(MAKE) -C src/relay PG_CONFIG=$(PG_CONFIG)
+install-relay: relay
+	$(MAKE) -C src/relay PG_CONFIG=$(PG_CONFIG) install
+else
+all: relay
+relay:
+	@echo "pg_cqrs: libnats-dev is not installed: pg_cqrs_relay (src/relay) is not built" >&2
+endif
+clean: clean-relay
+clean-relay:
+	$(MAKE) -C src/relay clean
 else
 # Each script installs what it is missing (when root) and explains what is
 # missing otherwise, builds and installs the extension, then does its job.

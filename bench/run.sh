@@ -16,7 +16,7 @@
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
 #                   single,multi,batch,race,nodurable,sync,deferred,lag,
-#                   capture,outbox,replay,reconcile,verify,import
+#                   capture,outbox,replay,reconcile,verify,import,relay
 #                                                     (default all)
 #                   nodurable: append vs raw INSERT at BENCH_CLIENTS with
 #                   synchronous_commit = off for those runs only, pgbench
@@ -28,6 +28,8 @@
 #                                                     (default 200000)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
 #   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
+#   BENCH_RELAY_EVENTS     backlog of the relay group: pg_cqrs_relay into
+#                   nats-server vs pg_recvlogical to /dev/null (200000)
 #   BENCH_REPLAY_EVENTS    size of the replay/reconcile/verify log (1000000)
 #   BENCH_REPLAY_ROUNDS    rounds of those groups     (default 3)
 #   BENCH_PROJECTION_DIGEST=false  the sync, deferred and lag projections
@@ -63,7 +65,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -75,7 +77,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -356,6 +358,8 @@ capture_side_check() {
 source "$BENCH_DIR/outbox.sh"
 # shellcheck source=bench/import.sh
 source "$BENCH_DIR/import.sh"
+# shellcheck source=bench/relay.sh
+source "$BENCH_DIR/relay.sh"
 
 # The nodurable group: append vs raw INSERT as in "multi", but with
 # synchronous_commit = off for pgbench's sessions only (PGOPTIONS), so that
@@ -391,6 +395,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 		run_replay_groups
 	fi
 	want outbox && run_outbox_group
+	want relay && run_relay_group
 fi
 want import && run_import_group
 elapsed=$(($(date +%s) - start))
@@ -460,6 +465,10 @@ if want outbox && [ -z "$BASELINE_ONLY" ]; then
 	row 8 "outbox: decode ${OUTBOX_EVENTS} ev: pg_cqrs vs wal2json" 1 \
 		outbox/pg_cqrs outbox/wal2json ev/s 1.0
 	row 8 "  (pg_cqrs vs test_decoding)" 1 outbox/pg_cqrs outbox/test_decoding ev/s
+fi
+if want relay && [ -z "$BASELINE_ONLY" ] && [ -n "${TPS[relay/relay]:-}" ]; then
+	row 12 "relay: ${RELAY_EVENTS} ev into JetStream vs pg_recvlogical" 1 \
+		relay/relay relay/pg_recvlogical ev/s 0.50
 fi
 if want nodurable; then
 	row 11 'append vs raw INSERT, not durable, simple' "$CLIENTS" \

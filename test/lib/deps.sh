@@ -48,6 +48,11 @@ CQRS_PACKAGES=(
 	"postgresql-$PGMAJOR-wal2json"
 	libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl
+	# pg_cqrs_relay (src/relay) and its tests: libpq, the NATS C client,
+	# and the server the tests start with -js
+	libpq-dev
+	libnats-dev
+	nats-server
 )
 
 cqrs_missing_packages() {
