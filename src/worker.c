@@ -7,12 +7,23 @@
  * With shared_preload_libraries = 'pg_cqrs' the postmaster starts one
  * "pg_cqrs launcher".  It connects to no database, reads pg_database and
  * starts a dynamic "pg_cqrs worker" for every database that accepts
- * connections and has none.  A worker whose database lacks the extension,
- * or has no running deferred projection, exits at once (so that it does not
- * hold DROP DATABASE up); the launcher tries such a database again after
- * LAUNCHER_RECHECK, or as soon as it is woken: the install script, and
- * creating, resuming or un-failing a deferred projection, wake it when
- * their transaction commits.
+ * connections, once.  A worker whose database lacks the extension, or has
+ * no running deferred projection, exits at once (so that it does not hold
+ * DROP DATABASE up).  After that the launcher starts a database's worker
+ * again only when that database asks (a wake names its database, see
+ * wakeup.c): the install script, and creating, resuming or un-failing a
+ * deferred projection, wake it when their transaction commits, and so does
+ * an append a deferred projection wants in a database that has no worker
+ * at that moment.  LAUNCHER_RECHECK is a safety net.
+ *
+ * Worker slots are max_worker_processes, shared with everything else.
+ * When a start fails for want of one, the launcher tries that database
+ * again after 1 s, 2 s, 4 s ... at most a minute, or as soon as one of our
+ * workers exits (the database waiting longest first), and warns at most
+ * once a minute per database.  While some database waits, a worker that
+ * finds nothing to do gives its slot up (with care not to lose a wake; see
+ * cqrs_worker_main), so that more databases than slots are all served in
+ * turn.
  *
  * A worker loops: apply one batch of each running deferred projection, each
  * batch in its own transaction (apply.c), as long as batches come back
@@ -20,16 +31,18 @@
  * appended events a running deferred projection wants (its filters) sets
  * the latch of its database's worker when it commits (horizon.c, through
  * wakeup.c), so under light load an event is applied within milliseconds,
- * and appends no deferred projection reads cost the worker nothing.  After each batch the worker broadcasts the progress
- * condition variable, on which cqrs.wait_for_projection sleeps.
+ * and appends no deferred projection reads cost the worker nothing.  After
+ * each batch the worker broadcasts the progress condition variable, on
+ * which cqrs.wait_for_projection sleeps.
  *
  * A worker that fails outside a handler (a handler's errors are caught per
  * batch) logs the error, aborts the transaction, and goes on with the next
  * projection: one broken definition never stops the others.
  *
- * The table of which worker serves which database, the idle exits and the
- * launcher's wake request live in wakeup.c's shared memory.  This file
- * calls down into apply.c, catalog.c and wakeup.c; only _PG_init calls it.
+ * The table of which worker serves which database, the idle exits, the
+ * launcher's wake set and whether it waits for a slot live in wakeup.c's
+ * shared memory.  This file calls down into apply.c, catalog.c, horizon.c,
+ * eventlog.c and wakeup.c; only _PG_init calls it.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -110,6 +123,8 @@ CqrsWorkerInit(void)
  * fails, next_try: consecutive failed starts (no free background worker
  * slot) and when to try again: 1 s, 2 s, 4 s ... at most
  * LAUNCHER_BACKOFF_MAX_MS after the last failure; a start resets them.
+ * When a worker we started exits, its slot goes to the database that has
+ * waited longest (the earliest next_try), before its backoff is over.
  * last_warning, suppressed: the "could not start a worker" warning is
  * logged at most once per LAUNCHER_WARNING_INTERVAL_MS per database, with
  * the number of failures not logged since.
@@ -121,6 +136,7 @@ typedef struct LaunchedDb
 	TimestampTz started_at;
 	bool		wake_pending;
 	bool		seen;			/* in pg_database at the last scan */
+	bool		exit_seen;		/* we noticed its worker's exit */
 	int			fails;
 	TimestampTz next_try;
 	TimestampTz last_warning;	/* 0: never warned */
@@ -222,6 +238,29 @@ start_failed(LaunchedDb *entry, TimestampTz now)
 	entry->suppressed = 0;
 }
 
+/*
+ * Start a worker for a database (wake_pending and the backoff are the
+ * caller's business); false if no slot was free.
+ */
+static bool
+launch(LaunchedDb *entry, TimestampTz now)
+{
+	CqrsSetIdleExit(entry->dboid, false);
+	if (entry->handle != NULL)
+		pfree(entry->handle);
+	entry->handle = start_db_worker(entry->dboid);
+	entry->started_at = now;
+	entry->exit_seen = false;
+	if (entry->handle == NULL)
+	{
+		start_failed(entry, now);
+		return false;
+	}
+	entry->wake_pending = false;
+	entry->fails = 0;
+	return true;
+}
+
 static LaunchedDb *
 launched_entry(List **launched, Oid dboid, MemoryContext cxt)
 {
@@ -281,6 +320,7 @@ cqrs_launcher_main(Datum main_arg)
 		int			nwoken;
 		bool		wake_all;
 		bool		waiting = false;
+		int			freed;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -294,8 +334,20 @@ cqrs_launcher_main(Datum main_arg)
 		for (int i = 0; i < nwoken; i++)
 			launched_entry(&launched, woken[i], cxt)->wake_pending = true;
 
+		freed = 0;
 		foreach(lc, launched)
-			((LaunchedDb *) lfirst(lc))->seen = false;
+		{
+			LaunchedDb *entry = lfirst(lc);
+			pid_t		pid;
+
+			entry->seen = false;
+			if (entry->handle != NULL && !entry->exit_seen &&
+				GetBackgroundWorkerPid(entry->handle, &pid) == BGWH_STOPPED)
+			{
+				entry->exit_seen = true;
+				freed++;
+			}
+		}
 
 		dbs = connectable_databases(CurrentMemoryContext);
 		now = GetCurrentTimestamp();
@@ -342,23 +394,34 @@ cqrs_launcher_main(Datum main_arg)
 				nap = Min(nap, 1000);
 				continue;
 			}
-			CqrsSetIdleExit(dboid, false);
-
-			if (entry->handle != NULL)
-				pfree(entry->handle);
-			entry->handle = start_db_worker(dboid);
-			entry->started_at = now;
-			if (entry->handle == NULL)
+			if (!launch(entry, now))
 			{
-				start_failed(entry, now);
 				waiting = true;
 				nap = Min(nap, (long) ((entry->next_try - now) / 1000));
-				continue;
 			}
-			entry->wake_pending = false;
-			entry->fails = 0;
+			else if (freed > 0)
+				freed--;		/* it took a slot given back */
 		}
 		list_free(dbs);
+
+		/* slots our workers gave back: to the databases waiting longest */
+		while (freed > 0)
+		{
+			LaunchedDb *first = NULL;
+
+			foreach(lc, launched)
+			{
+				LaunchedDb *entry = lfirst(lc);
+
+				if (entry->seen && entry->handle == NULL && entry->fails > 0 &&
+					now < entry->next_try &&
+					(first == NULL || entry->next_try < first->next_try))
+					first = entry;
+			}
+			if (first == NULL || !launch(first, now))
+				break;
+			freed--;
+		}
 
 		/* forget databases that are gone (and whose worker is) */
 		foreach(lc, launched)
@@ -577,7 +640,15 @@ cqrs_worker_main(Datum main_arg)
 			}
 			if (!CqrsWorkerAttach(dboid))
 				proc_exit(0);	/* the launcher started another one */
-			continue;
+			if (worked)
+				continue;
+
+			/*
+			 * Not quiet (an append in flight, or the log locked): sleep, or
+			 * a long transaction would have us detach and attach in a loop.
+			 * Appends that committed while we were detached woke the
+			 * launcher, which leaves us be: we see them within naptime.
+			 */
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 cqrs_naptime, PG_WAIT_EXTENSION);
