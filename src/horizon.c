@@ -469,9 +469,12 @@ horizon_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			pg_atomic_write_u64(&my_slot()->floor, 0);
 			floor_published = false;
-			/* events a deferred projection wants: the worker has work */
+			/*
+			 * events a deferred projection wants: the worker has work (or
+			 * the launcher, if the database has no worker right now)
+			 */
 			if (CqrsTakeWorkerWake())
-				CqrsWakeWorker(MyDatabaseId);
+				CqrsWakeWorkerOrLauncher(MyDatabaseId);
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_COMMIT:

@@ -98,6 +98,7 @@ extern void CqrsWakeupShmemRequest(void);
 extern void CqrsWakeupShmemStartup(void);
 extern void CqrsWakeupInit(void);
 extern void CqrsWakeWorker(Oid dboid);
+extern void CqrsWakeWorkerOrLauncher(Oid dboid);
 extern void CqrsWakeWorkerAtCommit(void);
 extern bool CqrsTakeWorkerWake(void);
 extern void CqrsWakeLauncherAtCommit(void);
@@ -106,10 +107,14 @@ extern void CqrsWaitForProgress(long ms);
 extern void CqrsWaitForProgressDone(void);
 extern void CqrsProgressBroadcast(void);
 extern void CqrsLauncherAttach(void);
-extern bool CqrsLauncherWakeRequested(void);
+extern int	CqrsLauncherTakeWakes(Oid *dbs, bool *all);
+extern int	CqrsMaxWakes(void);
+extern void CqrsSetSlotsWanted(bool wanted);
+extern bool CqrsSlotsWanted(void);
 extern void CqrsSetIdleExit(Oid dboid, bool idle);
 extern bool CqrsExitedIdle(Oid dboid);
 extern bool CqrsWorkerAttach(Oid dboid);
+extern void CqrsWorkerDetach(void);
 
 /* eventlog.c */
 typedef struct CqrsEventLogOids
