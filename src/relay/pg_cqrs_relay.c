@@ -98,9 +98,9 @@ typedef struct Checkpoint
 typedef struct CheckpointQueue
 {
 	Checkpoint *items;
-	int			cap;
-	int			head;			/* oldest */
-	int			count;
+	size_t		cap;
+	size_t		head;			/* oldest */
+	size_t		count;
 } CheckpointQueue;
 
 static void
@@ -121,10 +121,15 @@ cq_push(CheckpointQueue *q, RelayLsn lsn, uint64_t n)
 	}
 	if (q->count == q->cap)
 	{
-		int			ncap = q->cap ? q->cap * 2 : 1024;
-		Checkpoint *items = malloc(sizeof(Checkpoint) * ncap);
-		int			i;
+		size_t		ncap = q->cap ? q->cap * 2 : 1024;
+		Checkpoint *items = calloc(ncap, sizeof(Checkpoint));
+		size_t		i;
 
+		if (items == NULL)
+		{
+			relay_log("out of memory");
+			exit(1);
+		}
 		for (i = 0; i < q->count; i++)
 			items[i] = q->items[(q->head + i) % q->cap];
 		free(q->items);
