@@ -23,19 +23,7 @@ use lib $FindBin::RealBin;
 use CqrsNode;
 
 my $primary = cqrs_node('primary', 'synchronous_commit = on');
-$primary->safe_psql('postgres', q{
-CREATE EXTENSION pg_cqrs;
-CREATE TABLE counts (stream text PRIMARY KEY, n bigint NOT NULL);
-CREATE TABLE dcounts (stream text PRIMARY KEY, n bigint NOT NULL);
-CREATE FUNCTION count_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
-  INSERT INTO counts VALUES (e.stream, 1)
-  ON CONFLICT (stream) DO UPDATE SET n = counts.n + 1 $$;
-CREATE FUNCTION dcount_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
-  INSERT INTO dcounts VALUES (e.stream, 1)
-  ON CONFLICT (stream) DO UPDATE SET n = dcounts.n + 1 $$;
-SELECT cqrs.create_projection('sync_counts', 'count_handler', 'sync', '{counts}');
-SELECT cqrs.create_projection('deferred_counts', 'dcount_handler', 'deferred', '{dcounts}');
-});
+cqrs_counting_projections($primary);
 $primary->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($primary, 'b', has_streaming => 1);

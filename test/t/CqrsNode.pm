@@ -10,7 +10,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(cqrs_node);
+our @EXPORT = qw(cqrs_node cqrs_counting_projections);
 
 sub cqrs_node
 {
@@ -29,6 +29,29 @@ sub cqrs_node
 		  . "\n");
 	$node->start;
 	return $node;
+}
+
+# cqrs_counting_projections($node) creates the extension and two
+# projections counting events per stream: sync_counts (table counts) and
+# deferred_counts (table dcounts); the standby and failover tests compare
+# them with the log.
+sub cqrs_counting_projections
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{
+CREATE EXTENSION pg_cqrs;
+CREATE TABLE counts (stream text PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE dcounts (stream text PRIMARY KEY, n bigint NOT NULL);
+CREATE FUNCTION count_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO counts VALUES (e.stream, 1)
+  ON CONFLICT (stream) DO UPDATE SET n = counts.n + 1 $$;
+CREATE FUNCTION dcount_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO dcounts VALUES (e.stream, 1)
+  ON CONFLICT (stream) DO UPDATE SET n = dcounts.n + 1 $$;
+SELECT cqrs.create_projection('sync_counts', 'count_handler', 'sync', '{counts}');
+SELECT cqrs.create_projection('deferred_counts', 'dcount_handler', 'deferred', '{dcounts}');
+});
+	return;
 }
 
 1;
