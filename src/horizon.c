@@ -311,13 +311,14 @@ CqrsHorizonBeginAppend(Relation events)
 static void
 log_all_floors_now_and_then(void)
 {
-	uint64		now = (uint64) GetCurrentTimestamp();
+	/* the transaction's start is recent enough, and costs no clock read */
+	uint64		now = (uint64) GetCurrentTransactionStartTimestamp();
 	uint64		last = pg_atomic_read_u64(&horizon->floors_logged_at);
 	CqrsWalFloor *floors;
 	XLogRecPtr	scanned_from;
 	int			n = 0;
 
-	if (now < last + USECS_PER_SEC ||
+	if (!CqrsStandbyLogging() || now < last + USECS_PER_SEC ||
 		!pg_atomic_compare_exchange_u64(&horizon->floors_logged_at, &last, now))
 		return;
 

@@ -279,6 +279,7 @@ typedef struct CqrsWalFloor
 extern void CqrsStandbyInit(void);
 extern void CqrsStandbyShmemRequest(void);
 extern void CqrsStandbyShmemStartup(void);
+extern bool CqrsStandbyLogging(void);
 extern void CqrsStandbyLogFloor(int64 floor);
 extern void CqrsStandbyLogAllFloors(XLogRecPtr scanned_from, const CqrsWalFloor *floors, int n);
 extern bool CqrsStandbySafePosition(Relation events, int64 *safe);

@@ -179,9 +179,9 @@ CqrsStandbyShmemStartup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* Whether appends should write their floors to WAL. */
-static bool
-standby_logging(void)
+/* Whether appends write their floors to WAL. */
+bool
+CqrsStandbyLogging(void)
 {
 	return cqrs_wal_rmgr_id != 0 && standby != NULL && XLogIsNeeded();
 }
@@ -196,7 +196,7 @@ CqrsStandbyLogFloor(int64 floor)
 {
 	CqrsWalFloor rec;
 
-	if (!standby_logging())
+	if (!CqrsStandbyLogging())
 		return;
 	rec.procno = CqrsMyProcIndex();
 	rec.dboid = MyDatabaseId;
@@ -217,7 +217,7 @@ CqrsStandbyLogAllFloors(XLogRecPtr scanned_from, const CqrsWalFloor *floors, int
 {
 	CqrsWalFloors head;
 
-	if (!standby_logging())
+	if (!CqrsStandbyLogging())
 		return;
 	head.scanned_from = scanned_from;
 	head.nfloors = n;
