@@ -24,6 +24,9 @@ use CqrsNode;
 
 my $primary = cqrs_node('primary', 'max_connections = 30');
 cqrs_counting_projections($primary);
+# a role that may use the schema but not read the log
+$primary->safe_psql('postgres',
+	'CREATE ROLE stranger LOGIN; GRANT USAGE ON SCHEMA cqrs TO stranger');
 $primary->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($primary, 'b', has_streaming => 1);
@@ -37,6 +40,18 @@ is($standby->safe_psql('postgres', 'SELECT cqrs.safe_position()'),
 is($standby->safe_psql('postgres',
 		'SELECT string_agg(position::text, \',\') FROM cqrs.read_all(0)'),
 	$a1, 'and read_all returns it');
+
+# on the standby, the same privilege checks as on the primary
+my ($src, $sout, $serr) = $standby->psql('postgres',
+	'SELECT count(*) FROM cqrs.read_all(0)',
+	extra_params => [ '-U', 'stranger', '-v', 'VERBOSITY=verbose' ]);
+like($serr, qr/42501/, 'a role without SELECT on cqrs.events cannot read_all on the standby');
+($src, $sout, $serr) = $standby->psql('postgres', 'SELECT cqrs.safe_position()',
+	extra_params => [ '-U', 'stranger', '-v', 'VERBOSITY=verbose' ]);
+like($serr, qr/42501/, 'nor ask for the safe position there');
+is($standby->safe_psql('postgres', 'SELECT count(*) FROM cqrs.projection_status',
+		extra_params => [ '-U', 'stranger' ]),
+	'0', 'and sees no projection in projection_status');
 
 # an append left open on the primary holds the standby back
 my $open = $primary->background_psql('postgres');
