@@ -14,12 +14,14 @@ EXTENSION    = pg_cqrs
 MODULE_big   = pg_cqrs
 DATA         = sql/pg_cqrs--0.1.0.sql sql/pg_cqrs--0.1.0--0.2.0.sql \
 	       sql/pg_cqrs--0.2.0--0.3.0.sql sql/pg_cqrs--0.3.0--0.4.0.sql \
-	       sql/pg_cqrs--0.4.0--0.5.0.sql sql/pg_cqrs--0.5.0--0.6.0.sql
+	       sql/pg_cqrs--0.4.0--0.5.0.sql sql/pg_cqrs--0.5.0--0.6.0.sql \
+	       sql/pg_cqrs--0.6.0--0.7.0.sql
 PGFILEDESC   = "pg_cqrs - CQRS and event sourcing inside PostgreSQL"
 
 OBJS = \
 	src/pg_cqrs.o \
 	src/wakeup.o \
+	src/audit.o \
 	src/horizon.o \
 	src/standby.o \
 	src/eventlog.o \

@@ -152,6 +152,16 @@ SELECT * FROM order_totals ORDER BY stream;
 SELECT * FROM cqrs.verify('order_totals');
 
 --
+-- on to 0.7.0 (long-lived logs); the projections keep working
+--
+ALTER EXTENSION pg_cqrs UPDATE TO '0.7.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
+SELECT position AS last FROM cqrs.append('order-3', 'OrderRefunded', '{}') \gset
+SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
+SELECT * FROM order_totals ORDER BY stream;
+SELECT * FROM cqrs.verify('order_totals');
+
+--
 -- the updated extension has exactly the objects, and the same definitions,
 -- as a fresh CREATE EXTENSION of the default version
 --

@@ -64,6 +64,17 @@ PG_FUNCTION_INFO_V1(cqrs_forbid_direct_insert);
 static bool append_insert_allowed = false;
 
 /*
+ * The next UPDATE or DELETE statement on the log is one of the lifecycle
+ * operations' own (0.7.0: deleting, truncating, erasing, retention,
+ * archiving).  These are the controlled exceptions to append-only: each is
+ * a C function that checks its caller's right, writes its audit row and
+ * runs one prepared, fully qualified statement between
+ * CqrsAllowLogRewrite() and CqrsEndLogRewrite(), exactly as append does
+ * for its INSERT.  TRUNCATE is never let through.
+ */
+static bool log_rewrite_allowed = false;
+
+/*
  * CqrsAllowAppendInsert
  *		Let the next INSERT statement on cqrs.events through the guard.
  *		Call immediately before executing append.c's INSERT.
@@ -87,6 +98,29 @@ CqrsEndAppendInsert(void)
 }
 
 /*
+ * CqrsAllowLogRewrite
+ *		Let the next UPDATE or DELETE statement on cqrs.events through the
+ *		guard.  Call immediately before executing a lifecycle operation's
+ *		own statement.
+ */
+void
+CqrsAllowLogRewrite(void)
+{
+	log_rewrite_allowed = true;
+}
+
+/*
+ * CqrsEndLogRewrite
+ *		Withdraw that permission, whether or not it was used.  Call after
+ *		the statement, also when it raised an error.
+ */
+void
+CqrsEndLogRewrite(void)
+{
+	log_rewrite_allowed = false;
+}
+
+/*
  * cqrs.forbid_change() RETURNS trigger
  */
 Datum
@@ -99,6 +133,15 @@ cqrs_forbid_change(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("cqrs.forbid_change() must be called as a trigger")));
+
+	/* a lifecycle operation's own statement: consume the permission */
+	if (log_rewrite_allowed &&
+		(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
+		 TRIGGER_FIRED_BY_DELETE(trigdata->tg_event)))
+	{
+		log_rewrite_allowed = false;
+		return PointerGetDatum(NULL);
+	}
 
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		verb = "update";

@@ -41,6 +41,7 @@
  *	rowhash.c			row image hashes; a table's rows summed per key bucket
  *	horizon.c			the safe read position: appenders' floors in shared memory
  *	standby.c			appenders' floors carried to hot standbys in WAL records
+ *	audit.c				cqrs.lifecycle_log: who removed or changed which events
  *	catalog.c			cqrs.projections and cqrs.skipped_events, the sync cache
  *	scope.c				acting as the catalog's owner or as a projection's owner
  *	outbox.c			cqrs.publish, the message format, outbox_status
@@ -92,6 +93,8 @@ extern int	cqrs_wal_rmgr_id;
 /* guard.c */
 extern void CqrsAllowAppendInsert(void);
 extern void CqrsEndAppendInsert(void);
+extern void CqrsAllowLogRewrite(void);
+extern void CqrsEndLogRewrite(void);
 
 /* wakeup.c */
 extern void CqrsWakeupShmemRequest(void);
@@ -264,6 +267,10 @@ extern void CqrsCheckProjectionOwner(const char *name, Oid owner);
 extern void CqrsRequireProjectionOwner(const char *name);
 extern void CqrsCheckProjectionStatusAccess(const CqrsProjection *p);
 extern char *CqrsProjectionNameArg(FunctionCallInfo fcinfo, int argno);
+
+/* audit.c */
+extern void CqrsAudit(const char *operation, const char *target, int64 events,
+					  Jsonb *detail);
 
 /* standby.c */
 

@@ -44,8 +44,9 @@ SELECT results_eq(
 SELECT set_eq(
     $$SELECT unnest(extconfig)::regclass::text FROM pg_extension WHERE extname = 'pg_cqrs'$$,
     ARRAY['cqrs.events', 'cqrs.events_position_seq', 'cqrs.projections', 'cqrs.skipped_events',
-          'cqrs.captures', 'cqrs.projection_digests'],
-    'extconfig holds the log, its sequence and the projection, digest and capture catalogs');
+          'cqrs.captures', 'cqrs.projection_digests',
+          'cqrs.lifecycle_log', 'cqrs.lifecycle_log_id_seq'],
+    'extconfig holds the log, its sequence, the projection, digest and capture catalogs and the audit trail');
 SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'pg_cqrs'), false,
           'the extension is not relocatable');
 
