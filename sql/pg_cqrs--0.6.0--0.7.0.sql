@@ -34,3 +34,6 @@ GRANT SELECT ON cqrs.lifecycle_log TO pg_monitor;
 -- == Retention and archiving ==
 
 -- == Security leftovers (issue 10) ==
+
+-- The causation guard (cqrs.max_causation_depth, apply.c) is library code
+-- and a setting: no catalog change.

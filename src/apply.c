@@ -63,6 +63,8 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -202,6 +204,84 @@ handler_timeout_error(CqrsProjection *p)
 }
 
 /*
+ * Causation (0.7.0).  A handler that appends, directly or by writing a
+ * captured table, makes events caused by the event it was called on.  If a
+ * projection consumes what its own handler appends, each applied event
+ * makes another: a sync one ends in the stack depth limit, but a deferred
+ * one would feed itself batch after batch, for ever.  So every event a
+ * handler appends carries, in its metadata, "$causation": {"id": <the
+ * causing event's id>, "projection": <its name>, "depth": <the causing
+ * event's depth + 1>} (event_input.c adds it), and an append deeper than
+ * cqrs.max_causation_depth fails (54001): the handler's projection fails at
+ * the event that would have gone deeper, visibly, and the loop stops.
+ *
+ * The state is the innermost handler call's; nested calls (a handler's
+ * append runs sync projections' handlers) save and restore it.
+ */
+typedef struct CqrsCause
+{
+	bool		set;
+	pg_uuid_t	id;
+	int32		depth;			/* depth of the events appended now */
+	const char *projection;
+} CqrsCause;
+
+static CqrsCause current_cause = {false};
+
+/*
+ * The causation depth recorded in an event's metadata: 0 when none, and
+ * the limit when the recorded value is not a number we can trust (a client
+ * may write any metadata).
+ */
+static int32
+event_depth(TupleTableSlot *slot)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, Anum_events_metadata, &isnull);
+	Jsonb	   *metadata;
+	JsonbValue	cause;
+	JsonbValue	depth;
+	char	   *text;
+	char	   *end;
+	long		value;
+
+	if (isnull)
+		return 0;
+	metadata = DatumGetJsonbP(d);
+	if (JB_ROOT_COUNT(metadata) == 0)
+		return 0;
+	if (getKeyJsonValueFromContainer(&metadata->root, CQRS_CAUSATION_KEY,
+									 strlen(CQRS_CAUSATION_KEY), &cause) == NULL ||
+		cause.type != jbvBinary ||
+		getKeyJsonValueFromContainer(cause.val.binary.data, "depth", 5, &depth) == NULL)
+		return 0;
+	if (depth.type != jbvNumeric)
+		return cqrs_max_causation_depth;
+	text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(depth.val.numeric)));
+	errno = 0;
+	value = strtol(text, &end, 10);
+	if (errno != 0 || *end != '\0' || value < 0 || value > cqrs_max_causation_depth)
+		return cqrs_max_causation_depth;
+	return (int32) value;
+}
+
+/*
+ * CqrsCurrentCause
+ *		Whether a handler call is under way; if so, what the events it
+ *		appends are caused by.  Read by event_input.c for every append.
+ */
+bool
+CqrsCurrentCause(pg_uuid_t *id, int32 *depth, const char **projection)
+{
+	if (!current_cause.set)
+		return false;
+	*id = current_cause.id;
+	*depth = current_cause.depth;
+	*projection = current_cause.projection;
+	return true;
+}
+
+/*
  * Call the handler on the event in slot, within the time limit.  The caller
  * is in the owner scope and resets tmpcxt between events.
  */
@@ -211,8 +291,14 @@ call_handler(CqrsProjection *p, TupleTableSlot *slot, ApplyContext *actx)
 	LOCAL_FCINFO(fcinfo, 1);
 	MemoryContext cxt = CurrentMemoryContext;
 	bool		timed = handler_depth == 0 && cqrs_handler_timeout > 0;
+	CqrsCause	outer_cause = current_cause;
+	bool		isnull;
 
 	actx->position = attempted_position;
+	current_cause.set = true;
+	current_cause.id = *DatumGetUUIDP(slot_getattr(slot, Anum_events_id, &isnull));
+	current_cause.depth = event_depth(slot) + 1;
+	current_cause.projection = p->name;
 	InitFunctionCallInfoData(*fcinfo, &p->flinfo, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = ExecFetchSlotHeapTupleDatum(slot);
 	fcinfo->args[0].isnull = false;
@@ -232,6 +318,7 @@ call_handler(CqrsProjection *p, TupleTableSlot *slot, ApplyContext *actx)
 	PG_CATCH();
 	{
 		handler_depth--;
+		current_cause = outer_cause;
 		if (timed)
 		{
 			disable_timeout(handler_timeout_id, false);
@@ -247,6 +334,7 @@ call_handler(CqrsProjection *p, TupleTableSlot *slot, ApplyContext *actx)
 	}
 	PG_END_TRY();
 	handler_depth--;
+	current_cause = outer_cause;
 	if (timed)
 	{
 		disable_timeout(handler_timeout_id, false);

@@ -33,6 +33,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
@@ -127,6 +128,41 @@ empty_object(void)
 }
 
 /*
+ * Inside a handler call, an appended event records what caused it, under
+ * the "$causation" key of its metadata (replacing one the handler gave),
+ * and may go no deeper than cqrs.max_causation_depth: see apply.c,
+ * "Causation".  Outside handlers the metadata is the caller's, untouched.
+ */
+static Jsonb *
+add_causation(Jsonb *metadata)
+{
+	pg_uuid_t	id;
+	int32		depth;
+	const char *projection;
+	StringInfoData buf;
+
+	if (!CqrsCurrentCause(&id, &depth, &projection))
+		return metadata;
+	if (depth > cqrs_max_causation_depth)
+		ereport(ERROR,
+				(errcode(ERRCODE_STATEMENT_TOO_COMPLEX),
+				 errmsg("causation chain too deep: the handler of projection \"%s\" appends an event at causation depth %d",
+						projection, depth),
+				 errdetail("Every event a handler appends records the event that caused it; cqrs.max_causation_depth is %d.",
+						   cqrs_max_causation_depth),
+				 errhint("A projection that consumes the events its own handler appends feeds itself: filter them out by category or type.")));
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"%s\": {\"id\": \"%s\", \"projection\": ",
+					 CQRS_CAUSATION_KEY,
+					 DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&id))));
+	escape_json(&buf, projection);
+	appendStringInfo(&buf, ", \"depth\": %d}}", depth);
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(metadata),
+											  DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data))));
+}
+
+/*
  * An event's metadata must be a JSON object; NULL, in SQL or in JSON, means
  * {}: serializers often write absent optional fields as null.
  */
@@ -134,12 +170,12 @@ Jsonb *
 CqrsCheckMetadata(Jsonb *metadata, const char *where)
 {
 	if (metadata == NULL || CqrsJsonbIsNull(metadata))
-		return empty_object();
-	if (!JB_ROOT_IS_OBJECT(metadata))
+		metadata = empty_object();
+	else if (!JB_ROOT_IS_OBJECT(metadata))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("metadata of %s must be a JSON object", where)));
-	return metadata;
+	return add_causation(metadata);
 }
 
 /*

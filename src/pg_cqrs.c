@@ -52,6 +52,9 @@ int			cqrs_handler_timeout = 10000;
  */
 int			cqrs_wal_rmgr_id = 128;
 
+/* cqrs.max_causation_depth: longest chain of handler-made events (apply.c) */
+int			cqrs_max_causation_depth = 100;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -105,6 +108,18 @@ _PG_init(void)
 							PG_INT32_MAX,
 							PGC_SUSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cqrs.max_causation_depth",
+							"Longest chain of events appended by projection handlers.",
+							"An event a handler appends is one step deeper than the event the handler was called on; "
+							"an append deeper than this fails, so a projection that feeds itself stops.",
+							&cqrs_max_causation_depth,
+							100,
+							1,
+							1000000,
+							PGC_SUSET,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("cqrs.wal_rmgr_id",

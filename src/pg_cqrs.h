@@ -89,6 +89,10 @@ extern int	cqrs_batch_size;
 extern int	cqrs_naptime;
 extern int	cqrs_handler_timeout;
 extern int	cqrs_wal_rmgr_id;
+extern int	cqrs_max_causation_depth;
+
+/* The metadata key under which handler-made events record their cause. */
+#define CQRS_CAUSATION_KEY "$causation"
 
 /* guard.c */
 extern void CqrsAllowAppendInsert(void);
@@ -370,6 +374,7 @@ typedef struct CqrsRebuildTarget
 
 struct Tuplestorestate;
 extern bool CqrsProjectionWantsEvent(CqrsProjection *p, text *stream, text *type);
+extern bool CqrsCurrentCause(pg_uuid_t *id, int32 *depth, const char **projection);
 extern int64 CqrsApplyEvents(CqrsProjection *p, struct Tuplestorestate *events, TupleDesc desc,
 							 CqrsSkipSet *skip, int64 stop_before);
 extern int64 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
