@@ -36,6 +36,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -128,6 +129,37 @@ CqrsProjectionsChanged(Oid relid)
 }
 
 /*
+ * A lifecycle function that takes ShareLock on cqrs.projections (creating,
+ * dropping, pausing, resuming, replaying a sync projection) stops every
+ * append until its transaction ends.  A session that then sits idle in
+ * that transaction would hold them all for as long as it stays open; so
+ * the rest of the transaction gets idle_in_transaction_session_timeout
+ * at most cqrs.lifecycle_idle_timeout, as SET LOCAL would give it: past
+ * that, idle, the server ends the session and its transaction, and the
+ * appends go on.  A lower timeout the session already has is kept.
+ *
+ * This bounds forgetfulness (a migration left open, a client that died
+ * without closing its connection), not malice: the owner could raise the
+ * timeout again within the transaction.  Only the projection's owner can
+ * take the lock at all (scope.c); statement_timeout bounds a busy holder.
+ */
+static void
+bound_idle_hold(void)
+{
+	char		value[32];
+
+	if (cqrs_lifecycle_idle_timeout <= 0)
+		return;
+	if (IdleInTransactionSessionTimeout > 0 &&
+		IdleInTransactionSessionTimeout <= cqrs_lifecycle_idle_timeout)
+		return;
+	snprintf(value, sizeof(value), "%d", cqrs_lifecycle_idle_timeout);
+	(void) set_config_option("idle_in_transaction_session_timeout", value,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+							 true, 0, false);
+}
+
+/*
  * CqrsLockProjections
  *		Lock cqrs.projections in mode and return its OID; an error where
  *		the installed version predates projections.
@@ -143,6 +175,8 @@ CqrsLockProjections(LOCKMODE mode)
 				 errmsg("pg_cqrs is not up to date in this database"),
 				 errhint("Run ALTER EXTENSION pg_cqrs UPDATE.")));
 	LockRelationOid(relid, mode);
+	if (mode >= ShareLock)
+		bound_idle_hold();
 	return relid;
 }
 

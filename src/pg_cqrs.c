@@ -55,6 +55,12 @@ int			cqrs_wal_rmgr_id = 128;
 /* cqrs.max_causation_depth: longest chain of handler-made events (apply.c) */
 int			cqrs_max_causation_depth = 100;
 
+/*
+ * cqrs.lifecycle_idle_timeout: how long a transaction holding the lock of a
+ * sync projection's lifecycle may sit idle, in ms (catalog.c); 0: no bound
+ */
+int			cqrs_lifecycle_idle_timeout = 10000;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -120,6 +126,19 @@ _PG_init(void)
 							1000000,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cqrs.lifecycle_idle_timeout",
+							"Longest idle time of a transaction that stops appends by changing a sync projection.",
+							"Creating, dropping, pausing, resuming or replaying a sync projection holds appends until the "
+							"transaction ends; its idle_in_transaction_session_timeout is lowered to this for the rest "
+							"of the transaction.  0 leaves it alone.",
+							&cqrs_lifecycle_idle_timeout,
+							10000,
+							0,
+							PG_INT32_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("cqrs.wal_rmgr_id",

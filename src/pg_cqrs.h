@@ -90,6 +90,7 @@ extern int	cqrs_naptime;
 extern int	cqrs_handler_timeout;
 extern int	cqrs_wal_rmgr_id;
 extern int	cqrs_max_causation_depth;
+extern int	cqrs_lifecycle_idle_timeout;
 
 /* The metadata key under which handler-made events record their cause. */
 #define CQRS_CAUSATION_KEY "$causation"
