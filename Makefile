@@ -22,6 +22,7 @@ OBJS = \
 	src/pg_cqrs.o \
 	src/wakeup.o \
 	src/audit.o \
+	src/log_security.o \
 	src/horizon.o \
 	src/standby.o \
 	src/eventlog.o \

@@ -35,5 +35,48 @@ GRANT SELECT ON cqrs.lifecycle_log TO pg_monitor;
 
 -- == Security leftovers (issue 10) ==
 
--- The causation guard (cqrs.max_causation_depth, apply.c) is library code
--- and a setting: no catalog change.
+-- The causation guard (cqrs.max_causation_depth, apply.c) and the bound on
+-- idle lifecycle transactions (cqrs.lifecycle_idle_timeout, catalog.c) are
+-- library code and settings: no catalog change.
+
+-- Row-level security on the log, carried through pg_dump (log_security.c):
+-- pg_dump writes neither ENABLE ROW LEVEL SECURITY nor the policies of an
+-- extension's table.  The log's security is recorded here, a configuration
+-- table pg_dump carries, and put back when a restore loads it.
+CREATE TABLE cqrs.log_security (
+    id                 bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    captured_at        timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    row_security       boolean     NOT NULL,
+    force_row_security boolean     NOT NULL,
+    policies           jsonb       NOT NULL
+);
+COMMENT ON TABLE cqrs.log_security IS
+    'pg_cqrs: the row-level security of cqrs.events, kept so that pg_dump carries it';
+SELECT pg_catalog.pg_extension_config_dump('cqrs.log_security', '');
+SELECT pg_catalog.pg_extension_config_dump('cqrs.log_security_id_seq', '');
+REVOKE ALL ON cqrs.log_security FROM PUBLIC;
+
+CREATE FUNCTION cqrs.log_security_restore()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cqrs_log_security_restore'
+LANGUAGE C;
+CREATE TRIGGER log_security_restore
+    AFTER INSERT ON cqrs.log_security
+    FOR EACH ROW EXECUTE FUNCTION cqrs.log_security_restore();
+ALTER TABLE cqrs.log_security ENABLE ALWAYS TRIGGER log_security_restore;
+
+CREATE FUNCTION cqrs.log_security_capture()
+RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'cqrs_log_security_capture'
+LANGUAGE C;
+CREATE EVENT TRIGGER cqrs_log_security_capture ON ddl_command_end
+    WHEN TAG IN ('CREATE POLICY', 'ALTER POLICY', 'DROP POLICY', 'ALTER TABLE')
+    EXECUTE FUNCTION cqrs.log_security_capture();
+
+CREATE FUNCTION cqrs.save_log_security()
+RETURNS void
+AS 'MODULE_PATHNAME', 'cqrs_save_log_security'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION cqrs.save_log_security() FROM PUBLIC;
+-- a log secured before 0.7.0
+SELECT cqrs.save_log_security();

@@ -41,6 +41,7 @@
  *	rowhash.c			row image hashes; a table's rows summed per key bucket
  *	horizon.c			the safe read position: appenders' floors in shared memory
  *	standby.c			appenders' floors carried to hot standbys in WAL records
+ *	log_security.c		the log's row-level security, carried through pg_dump
  *	audit.c				cqrs.lifecycle_log: who removed or changed which events
  *	catalog.c			cqrs.projections and cqrs.skipped_events, the sync cache
  *	scope.c				acting as the catalog's owner or as a projection's owner
