@@ -279,6 +279,26 @@ cqrs_read_stream(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
+	/*
+	 * A deleted stream reads as its tombstone alone (0.7.0): whoever loads
+	 * it learns that it is deleted, at which version, and soft or hard,
+	 * rather than folding events of an aggregate that no longer exists.
+	 * The probe ignores row-level security, but only moves from_version:
+	 * what is returned is still what the policies let the caller see.
+	 */
+	{
+		int64		head_version,
+					head_position;
+		CqrsStreamState state;
+
+		events = CqrsOpenEventLog(AccessShareLock);
+		CqrsStreamHeadState(events, stream, GetActiveSnapshot(),
+							&head_version, &head_position, &state);
+		table_close(events, NoLock);
+		if (state != CQRS_STREAM_LIVE && from < head_version)
+			from = head_version;
+	}
+
 	if (rls)
 	{
 		Oid			argtypes[3] = {TEXTOID, INT8OID, INT8OID};
