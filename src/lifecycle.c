@@ -108,11 +108,17 @@ typedef struct LockedStream
  * ----------------------------------------------------------------
  */
 
-/* Step 1; also refused in recovery and read-only transactions (25006). */
+/*
+ * Step 1; also refused in recovery and read-only transactions (25006).
+ * One right at a time: pg_class_aclcheck passes when the role holds any
+ * one of the rights asked for.
+ */
 static void
 check_rights(AclMode mode, const char *function)
 {
-	CqrsCheckEventLogPrivilege(ACL_SELECT | ACL_INSERT | mode);
+	CqrsCheckEventLogPrivilege(mode);
+	CqrsCheckEventLogPrivilege(ACL_SELECT);
+	CqrsCheckEventLogPrivilege(ACL_INSERT);
 	PreventCommandDuringRecovery(function);
 	PreventCommandIfReadOnly(function);
 }
