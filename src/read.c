@@ -11,6 +11,11 @@
  * READ transaction, whose older snapshot could miss an event below the safe
  * position.  That is why read_all is VOLATILE.
  *
+ * A deleted stream (0.7.0: its head is a $StreamDeleted tombstone, see
+ * lifecycle.c) reads as its tombstone alone in read_stream; stream_version
+ * gives the tombstone's version, and read_all returns every row still in
+ * the log, as for any other stream.
+ *
  * Results are built in a tuplestore straight from index scans, so a long
  * stream is not held in memory twice (tuplestores spill to disk past
  * work_mem).
