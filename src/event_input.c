@@ -14,6 +14,8 @@
  * of a page even when the name does not compress; a type at most
  * CQRS_MAX_TYPE_LEN.  cqrs.max_event_size bounds the uncompressed size of
  * the stream, type, data and metadata together.  All three raise 54000.
+ * Types starting with "$" belong to the extension's system events (0.7.0,
+ * lifecycle.c): callers get 22023 for them, whichever way they come.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
