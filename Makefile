@@ -27,6 +27,7 @@ OBJS = \
 	src/standby.o \
 	src/eventlog.o \
 	src/import.o \
+	src/lifecycle.o \
 	src/event_input.o \
 	src/append.o \
 	src/read.o \

@@ -16,13 +16,17 @@
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
 #                   single,multi,batch,race,nodurable,sync,deferred,lag,
-#                   capture,outbox,replay,reconcile,verify,import,relay
-#                                                     (default all)
+#                   capture,outbox,replay,reconcile,verify,import,relay,
+#                   lifecycle                         (default all)
 #                   nodurable: append vs raw INSERT at BENCH_CLIENTS with
 #                   synchronous_commit = off for those runs only, pgbench
 #                   -M simple and -M prepared (the CPU cost of each side)
 #                   import: cqrs.import_events vs INSERT ... SELECT of the
 #                   same rows (skipped while import_events is not installed)
+#                   lifecycle: cqrs.delete_stream(hard) and erase_stream of
+#                   one stream vs plain DELETE / UPDATE of the same rows
+#   BENCH_LIFECYCLE_EVENTS events of the stream the lifecycle group removes
+#                   and erases (100000)
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
 #   BENCH_IMPORT_EVENTS    events the import group imports, 5 per stream
 #                                                     (default 200000)
@@ -65,7 +69,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -77,7 +81,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -360,6 +364,8 @@ source "$BENCH_DIR/outbox.sh"
 source "$BENCH_DIR/import.sh"
 # shellcheck source=bench/relay.sh
 source "$BENCH_DIR/relay.sh"
+# shellcheck source=bench/lifecycle.sh
+source "$BENCH_DIR/lifecycle.sh"
 
 # The nodurable group: append vs raw INSERT as in "multi", but with
 # synchronous_commit = off for pgbench's sessions only (PGOPTIONS), so that
@@ -398,6 +404,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 	want relay && run_relay_group
 fi
 want import && run_import_group
+[ -z "$BASELINE_ONLY" ] && want lifecycle && run_lifecycle_group
 elapsed=$(($(date +%s) - start))
 
 #
@@ -477,6 +484,7 @@ if want nodurable; then
 		nodurable_prepared/append nodurable_prepared/raw tps 0.90
 fi
 want import && print_import_row
+[ -z "$BASELINE_ONLY" ] && want lifecycle && print_lifecycle_rows
 
 if want race; then
 	echo

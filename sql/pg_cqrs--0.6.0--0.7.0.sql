@@ -30,6 +30,37 @@ GRANT SELECT ON cqrs.lifecycle_log TO pg_monitor;
 -- == Filtered reads ==
 
 -- == Stream lifecycle: delete, truncate, erase; the audit catalog ==
+-- (src/lifecycle.c; system events "$..." are the extension's own)
+
+CREATE FUNCTION cqrs.delete_stream(stream text, expected_version bigint DEFAULT NULL,
+                                   hard boolean DEFAULT false)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cqrs_delete_stream'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION cqrs.delete_stream(text, bigint, boolean) IS
+    'pg_cqrs: append a $StreamDeleted tombstone to a stream (hard: and delete its events); returns the tombstone''s position';
+
+CREATE FUNCTION cqrs.truncate_stream(stream text, before_version bigint)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cqrs_truncate_stream'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION cqrs.truncate_stream(text, bigint) IS
+    'pg_cqrs: delete a stream''s events below a version (never its head), append $StreamTruncated; returns the events removed';
+
+CREATE FUNCTION cqrs.erase_stream(stream text, from_version bigint DEFAULT 1,
+                                  to_version bigint DEFAULT NULL,
+                                  keep_metadata boolean DEFAULT false)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cqrs_erase_stream'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION cqrs.erase_stream(text, bigint, bigint, boolean) IS
+    'pg_cqrs: overwrite the data (and metadata) of a stream''s events with {"$erased": true}, append $StreamErased; returns the events changed';
+
+-- the functions check the table rights themselves (DELETE or UPDATE, with
+-- SELECT and INSERT, on cqrs.events); EXECUTE is granted by choice as well
+REVOKE EXECUTE ON FUNCTION cqrs.delete_stream(text, bigint, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.truncate_stream(text, bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION cqrs.erase_stream(text, bigint, bigint, boolean) FROM PUBLIC;
 
 -- == Retention and archiving ==
 

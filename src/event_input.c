@@ -14,6 +14,8 @@
  * of a page even when the name does not compress; a type at most
  * CQRS_MAX_TYPE_LEN.  cqrs.max_event_size bounds the uncompressed size of
  * the stream, type, data and metadata together.  All three raise 54000.
+ * Types starting with "$" belong to the extension's system events (0.7.0,
+ * lifecycle.c): callers get 22023 for them, whichever way they come.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -179,7 +181,25 @@ CqrsCheckMetadata(Jsonb *metadata, const char *where)
 }
 
 /*
- * The type's length cap, and cqrs.max_event_size over the uncompressed
+ * Types starting with "$" are the extension's system events (0.7.0:
+ * $StreamDeleted, $StreamTruncated, $StreamErased, written by lifecycle.c
+ * straight through CqrsWriteEvents).  Readers and handlers trust them: a
+ * "$StreamDeleted" head makes a stream deleted (eventlog.c), so no caller
+ * may write one, by any way in (22023).
+ */
+static void
+check_type_not_reserved(text *type, const char *where)
+{
+	if (VARSIZE_ANY_EXHDR(type) > 0 && *VARDATA_ANY(type) == '$')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("type of %s must not start with \"$\"", where),
+				 errdetail("Types starting with \"$\" are reserved for pg_cqrs's system events, such as $StreamDeleted.")));
+}
+
+/*
+ * The type's length cap, that it is not a system event's,
+ * and cqrs.max_event_size over the uncompressed
  * sizes of the event's stream, type, data and metadata.  The stream's own
  * cap is checked once per append, by the caller.
  */
@@ -189,6 +209,7 @@ CqrsCheckEventSize(text *stream, CqrsNewEvent *ev, const char *where)
 	Size		size;
 
 	CqrsCheckNameLength(ev->type, CQRS_MAX_TYPE_LEN, "type");
+	check_type_not_reserved(ev->type, where);
 	size = VARSIZE_ANY_EXHDR(stream) + VARSIZE_ANY_EXHDR(ev->type) +
 		toast_raw_datum_size(PointerGetDatum(ev->data)) +
 		toast_raw_datum_size(PointerGetDatum(ev->metadata));

@@ -92,6 +92,7 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -390,13 +391,42 @@ slot_int64(TupleTableSlot *slot, AttrNumber attnum)
 }
 
 /*
- * CqrsStreamHead
- *		The last event of a stream as seen by snapshot: its version and
- *		position.  Returns false (version 0) for a stream with no events.
+ * Whether the head row in slot is a tombstone (0.7.0, lifecycle.c): an
+ * event of type CQRS_TYPE_STREAM_DELETED, hard when its data says
+ * {"hard": true}.  Only the extension writes "$" types (event_input.c
+ * refuses them from callers), so the type alone is proof.  Comparing the
+ * type costs appends one attribute fetch from a row already in hand.
  */
-bool
-CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
-			   int64 *version, int64 *position)
+static CqrsStreamState
+head_state(TupleTableSlot *slot)
+{
+	static const char tombstone[] = CQRS_TYPE_STREAM_DELETED;
+	bool		isnull;
+	text	   *type;
+	Jsonb	   *data;
+	JsonbValue *hard;
+
+	type = DatumGetTextPP(slot_getattr(slot, Anum_events_type, &isnull));
+	if (isnull || VARSIZE_ANY_EXHDR(type) != sizeof(tombstone) - 1 ||
+		memcmp(VARDATA_ANY(type), tombstone, sizeof(tombstone) - 1) != 0)
+		return CQRS_STREAM_LIVE;
+
+	data = DatumGetJsonbP(slot_getattr(slot, Anum_events_data, &isnull));
+	if (isnull || !JB_ROOT_IS_OBJECT(data))
+		return CQRS_STREAM_SOFT_DELETED;
+	hard = getKeyJsonValueFromContainer(&data->root, "hard", 4, NULL);
+	if (hard != NULL && hard->type == jbvBool && hard->val.boolean)
+		return CQRS_STREAM_HARD_DELETED;
+	return CQRS_STREAM_SOFT_DELETED;
+}
+
+/*
+ * The head probe behind CqrsStreamHead and its variants; state, when not
+ * NULL, tells whether the head is a tombstone.
+ */
+static bool
+stream_head(Relation events, text *stream, Snapshot snapshot,
+			int64 *version, int64 *position, CqrsStreamState *state)
 {
 	ScanKeyData key;
 	TupleTableSlot *slot = table_slot_create(events, NULL);
@@ -407,8 +437,53 @@ CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
 						   &key, 1, BackwardScanDirection, slot);
 	*version = found ? slot_int64(slot, Anum_events_version) : 0;
 	*position = found ? slot_int64(slot, Anum_events_position) : 0;
+	if (state != NULL)
+		*state = found ? head_state(slot) : CQRS_STREAM_LIVE;
 	ExecDropSingleTupleTableSlot(slot);
 	return found;
+}
+
+/*
+ * CqrsStreamHead
+ *		The last event of a stream as seen by snapshot: its version and
+ *		position.  Returns false (version 0) for a stream with no events.
+ */
+bool
+CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
+			   int64 *version, int64 *position)
+{
+	return stream_head(events, stream, snapshot, version, position, NULL);
+}
+
+/*
+ * CqrsStreamHeadState
+ *		CqrsStreamHead, also telling whether the stream is deleted (its head
+ *		is a tombstone); for readers, which show a deleted stream as its
+ *		tombstone only.
+ */
+bool
+CqrsStreamHeadState(Relation events, text *stream, Snapshot snapshot,
+					int64 *version, int64 *position, CqrsStreamState *state)
+{
+	return stream_head(events, stream, snapshot, version, position, state);
+}
+
+/*
+ * CqrsStreamDeletedError
+ *		The error for an append to a deleted stream (55000).  A deleted
+ *		stream is never re-created, soft-deleted or not: its tombstone stays
+ *		its head, so no event can follow it and its versions never restart.
+ */
+void
+CqrsStreamDeletedError(text *stream, int64 version, CqrsStreamState state)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("stream \"%s\" is deleted", text_to_cstring(stream)),
+			 errdetail("It was %s deleted at version %lld; a deleted stream takes no more events.",
+					   state == CQRS_STREAM_HARD_DELETED ? "hard" : "soft",
+					   (long long) version),
+			 errhint("Append to a stream with another name.")));
 }
 
 /*
@@ -464,9 +539,31 @@ TransactionId
 CqrsStreamHeadForAppend(Relation events, text *stream, int64 *version, int64 *position)
 {
 	SnapshotData dirty;
+	CqrsStreamState state;
 
 	dirty_init(&dirty);
-	if (!CqrsStreamHead(events, stream, &dirty, version, position))
+	if (!stream_head(events, stream, &dirty, version, position, &state))
+		return InvalidTransactionId;
+	/* a final tombstone: the stream is deleted, for good */
+	if (!TransactionIdIsValid(dirty.xmin) && state != CQRS_STREAM_LIVE)
+		CqrsStreamDeletedError(stream, *version, state);
+	return dirty.xmin;
+}
+
+/*
+ * CqrsStreamHeadForChange
+ *		CqrsStreamHeadForAppend for the lifecycle operations (lifecycle.c):
+ *		the same dirty probe under the stream's short lock, telling rather
+ *		than refusing a tombstone.
+ */
+TransactionId
+CqrsStreamHeadForChange(Relation events, text *stream, int64 *version, int64 *position,
+						CqrsStreamState *state)
+{
+	SnapshotData dirty;
+
+	dirty_init(&dirty);
+	if (!stream_head(events, stream, &dirty, version, position, state))
 		return InvalidTransactionId;
 	return dirty.xmin;
 }

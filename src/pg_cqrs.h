@@ -34,6 +34,7 @@
  *	read.c				read_stream, read_all, stream_version, safe_position
  *	decoder.c			the logical decoding output plugin
  *	import.c			cqrs.import_events: bulk import, many streams per batch
+ *	lifecycle.c			cqrs.delete_stream, truncate_stream, erase_stream
  *	append.c			cqrs.append and cqrs.append_events; sync projections' turn
  *	event_input.c		checking what appends are given: rights, names, sizes
  *	apply.c				calling handlers: sync, deferred batches, rebuilds
@@ -152,6 +153,23 @@ extern void CqrsLockEventId(const pg_uuid_t *id);
 extern void CqrsUnlockEventId(const pg_uuid_t *id);
 extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
 						   int64 *version, int64 *position);
+
+/* A stream's life, as its head tells (0.7.0; lifecycle.c writes tombstones). */
+#define CQRS_TYPE_STREAM_DELETED	"$StreamDeleted"
+#define CQRS_TYPE_STREAM_TRUNCATED	"$StreamTruncated"
+#define CQRS_TYPE_STREAM_ERASED		"$StreamErased"
+typedef enum CqrsStreamState
+{
+	CQRS_STREAM_LIVE,
+	CQRS_STREAM_SOFT_DELETED,
+	CQRS_STREAM_HARD_DELETED
+} CqrsStreamState;
+
+extern bool CqrsStreamHeadState(Relation events, text *stream, Snapshot snapshot,
+								int64 *version, int64 *position, CqrsStreamState *state);
+extern void CqrsStreamDeletedError(text *stream, int64 version, CqrsStreamState state);
+extern TransactionId CqrsStreamHeadForChange(Relation events, text *stream, int64 *version,
+											 int64 *position, CqrsStreamState *state);
 extern bool CqrsFindEvent(Relation events, pg_uuid_t *id, Snapshot snapshot,
 						  text **stream, int64 *version, int64 *position);
 extern TransactionId CqrsStreamHeadForAppend(Relation events, text *stream,
@@ -422,6 +440,8 @@ extern void CqrsIdRecordedElsewhere(const pg_uuid_t *id, text *other, text *stre
 extern void CqrsCheckHeadSinceSnapshot(Relation events, text *stream, int64 head_version);
 extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
 							 Jsonb *metadata);
+
+/* lifecycle.c exports only its SQL functions */
 
 /* capture.c */
 #define CAPTURE_ROW_TRIGGER			"cqrs_capture"

@@ -11,6 +11,11 @@
  * READ transaction, whose older snapshot could miss an event below the safe
  * position.  That is why read_all is VOLATILE.
  *
+ * A deleted stream (0.7.0: its head is a $StreamDeleted tombstone, see
+ * lifecycle.c) reads as its tombstone alone in read_stream; stream_version
+ * gives the tombstone's version, and read_all returns every row still in
+ * the log, as for any other stream.
+ *
  * Results are built in a tuplestore straight from index scans, so a long
  * stream is not held in memory twice (tuplestores spill to disk past
  * work_mem).
@@ -278,6 +283,26 @@ cqrs_read_stream(PG_FUNCTION_ARGS)
 				 errmsg("from_version must not be negative")));
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	/*
+	 * A deleted stream reads as its tombstone alone (0.7.0): whoever loads
+	 * it learns that it is deleted, at which version, and soft or hard,
+	 * rather than folding events of an aggregate that no longer exists.
+	 * The probe ignores row-level security, but only moves from_version:
+	 * what is returned is still what the policies let the caller see.
+	 */
+	{
+		int64		head_version,
+					head_position;
+		CqrsStreamState state;
+
+		events = CqrsOpenEventLog(AccessShareLock);
+		CqrsStreamHeadState(events, stream, GetActiveSnapshot(),
+							&head_version, &head_position, &state);
+		table_close(events, NoLock);
+		if (state != CQRS_STREAM_LIVE && from < head_version)
+			from = head_version;
+	}
 
 	if (rls)
 	{
