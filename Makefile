@@ -25,6 +25,7 @@ OBJS = \
 	src/horizon.o \
 	src/standby.o \
 	src/eventlog.o \
+	src/filterscan.o \
 	src/import.o \
 	src/event_input.o \
 	src/append.o \
