@@ -34,7 +34,8 @@ filter_side_setup() {
 		raw_nofilter)
 			cqrs_psql -c 'DROP INDEX IF EXISTS bench.raw_events_category_position_idx, bench.raw_events_type_position_idx' ;;
 		raw)
-			cqrs_psql -c "CREATE INDEX IF NOT EXISTS raw_events_category_position_idx
+			# (IF NOT EXISTS: quietly, they are usually there)
+			cqrs_psql -c 'SET client_min_messages = warning' -c "CREATE INDEX IF NOT EXISTS raw_events_category_position_idx
 			                  ON bench.raw_events (split_part(stream, '-', 1), \"position\")" \
 				-c 'CREATE INDEX IF NOT EXISTS raw_events_type_position_idx
 			                  ON bench.raw_events (type, "position")' ;;

@@ -36,9 +36,12 @@ GRANT SELECT ON cqrs.lifecycle_log TO pg_monitor;
 -- they can be dropped where appends matter more (drop_filter_indexes).
 -- Building them reads the whole log: on a large log this update takes
 -- as long as two CREATE INDEX on cqrs.events, and blocks appends while
--- it runs.
-CREATE INDEX events_category_position_idx ON cqrs.events (cqrs.category(stream), "position");
-CREATE INDEX events_type_position_idx ON cqrs.events (type, "position");
+-- it runs.  IF NOT EXISTS: a DBA may have built them beforehand with
+-- CREATE INDEX CONCURRENTLY under these names, to keep the build out of
+-- the update's window.
+CREATE INDEX IF NOT EXISTS events_category_position_idx
+    ON cqrs.events (cqrs.category(stream), "position");
+CREATE INDEX IF NOT EXISTS events_type_position_idx ON cqrs.events (type, "position");
 
 -- cqrs.category only ever returns a prefix of its argument, and never
 -- fails on any input: LEAKPROOF, so that under row-level security the
