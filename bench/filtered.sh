@@ -127,7 +127,35 @@ print_filtered_rows() {
 		"scan without them; ratio = how many times faster"
 }
 
+# WAL written per append with and without the filter indexes: a measure of
+# their price that does not depend on how busy the machine is.  20000
+# appends in one statement after a reset and a CHECKPOINT, so both sides
+# pay the same full-page images.
+FILTER_WAL_APPENDS=20000
+run_filter_wal() {
+	local side
+	echo "bench: append_filter_index: WAL per append, $FILTER_WAL_APPENDS appends, with and without the filter indexes"
+	for side in with without; do
+		reset_state
+		[ "$side" = without ] && cqrs_psql -c 'SELECT cqrs.drop_filter_indexes()' >/dev/null
+		cqrs_psql -c CHECKPOINT >/dev/null
+		FILTER_WAL[$side]=$(cqrs_psql -tA <<SQL | tail -n 1
+SELECT pg_current_wal_insert_lsn() AS l0 \\gset
+SELECT count(*) FROM generate_series(1, $FILTER_WAL_APPENDS) i,
+    LATERAL cqrs.append('order-' || i % 1000, 'OrderPlaced', '{"amount": 42, "currency": "EUR"}');
+SELECT round(pg_wal_lsn_diff(pg_current_wal_insert_lsn(), :'l0') / $FILTER_WAL_APPENDS);
+SQL
+		)
+		echo "  WAL per append, $side the filter indexes: ${FILTER_WAL[$side]} bytes"
+	done
+}
+declare -A FILTER_WAL
+
 print_append_filter_rows() {
+	if [ -n "${FILTER_WAL[with]:-}" ] && [ -n "${FILTER_WAL[without]:-}" ]; then
+		echo "14 WAL per append ($FILTER_WAL_APPENDS in one statement): ${FILTER_WAL[with]} bytes with the filter indexes," \
+			"${FILTER_WAL[without]} without ($(awk -v a="${FILTER_WAL[with]}" -v b="${FILTER_WAL[without]}" 'BEGIN { printf "%+.0f%%", 100 * (a / b - 1) }'))"
+	fi
 	local g
 	for g in append_filter_index append_filter_index_nodurable; do
 		[ "$g" = append_filter_index ] || echo "14 (the same, synchronous_commit = off: not durable, the CPU and WAL cost)"

@@ -412,6 +412,7 @@ if want append_filter_index; then
 	# nodurable group): without the WAL flush, what is left is each side's
 	# CPU and WAL volume, where two more index entries per row show
 	run_group append_filter_index_nodurable "$CLIENTS" append append_nofilter raw raw_nofilter
+	[ -z "$BASELINE_ONLY" ] && run_filter_wal
 fi
 [ -z "$BASELINE_ONLY" ] && want filtered && run_filtered_group
 elapsed=$(($(date +%s) - start))
