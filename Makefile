@@ -26,6 +26,7 @@ OBJS = \
 	src/horizon.o \
 	src/standby.o \
 	src/eventlog.o \
+	src/filterscan.o \
 	src/import.o \
 	src/lifecycle.o \
 	src/event_input.o \

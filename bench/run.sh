@@ -17,7 +17,11 @@
 #   BENCH_ONLY      which workload groups, comma-separated, of
 #                   single,multi,batch,race,nodurable,sync,deferred,lag,
 #                   capture,outbox,replay,reconcile,verify,import,relay,
-#                   lifecycle                         (default all)
+#                   lifecycle,filtered,append_filter_index (default all)
+#                   filtered: read_all and a deferred projection on a rare
+#                   category, with the filter indexes vs without them
+#                   append_filter_index: append and raw INSERT, each with
+#                   and without the filter indexes (bench/filtered.sh)
 #                   nodurable: append vs raw INSERT at BENCH_CLIENTS with
 #                   synchronous_commit = off for those runs only, pgbench
 #                   -M simple and -M prepared (the CPU cost of each side)
@@ -28,6 +32,7 @@
 #   BENCH_LIFECYCLE_EVENTS events of the stream the lifecycle group removes
 #                   and erases (100000)
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
+#   BENCH_FILTERED_EVENTS  size of the filtered group's log (1000000)
 #   BENCH_IMPORT_EVENTS    events the import group imports, 5 per stream
 #                                                     (default 200000)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
@@ -69,7 +74,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle,filtered,append_filter_index}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -81,7 +86,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle|filtered|append_filter_index) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -172,8 +177,8 @@ echo "bench: pgbench output kept in $LOG_DIR"
 #
 side_script() {
 	case $1 in
-		append) echo append.sql ;;
-		raw) echo raw_insert.sql ;;
+		append|append_nofilter) echo append.sql ;;
+		raw|raw_nofilter) echo raw_insert.sql ;;
 		plpgsql) echo plpgsql_append.sql ;;
 		append_events) echo append_batch.sql ;;
 		raw_batch) echo raw_batch.sql ;;
@@ -186,8 +191,8 @@ side_script() {
 }
 side_table() {
 	case $1 in
-		append|append_events|race_append|sync_*) echo cqrs.events ;;
-		raw|raw_batch) echo bench.raw_events ;;
+		append|append_nofilter|append_events|race_append|sync_*) echo cqrs.events ;;
+		raw|raw_nofilter|raw_batch) echo bench.raw_events ;;
 		plpgsql|race_plpgsql) echo bench.pl_events ;;
 		captured) echo bench_cap.captured ;;
 		uncaptured) echo bench_cap.plain ;;
@@ -200,7 +205,7 @@ side_rows() {
 	esac
 }
 side_needs_cqrs() {
-	case $1 in append|append_events|race_append|sync_*|captured|uncaptured) return 0 ;; *) return 1 ;; esac
+	case $1 in append|append_nofilter|append_events|race_append|sync_*|captured|uncaptured) return 0 ;; *) return 1 ;; esac
 }
 
 # Everything back to empty, then a CHECKPOINT so that every run starts with
@@ -249,7 +254,7 @@ run_side() {
 		nodurable_simple) protocol=simple ;;
 	esac
 	case $group in
-		nodurable_*) session=("PGOPTIONS=$NODURABLE_OPTIONS") ;;
+		nodurable_*|*_nodurable) session=("PGOPTIONS=$NODURABLE_OPTIONS") ;;
 	esac
 
 	if [ -z "$REINSTALLED" ] && [ "$(installed_sum)" != "$INSTALLED_SUM" ]; then
@@ -259,6 +264,7 @@ run_side() {
 	reset_state
 	projection_side_setup "$side"
 	capture_side_setup "$side"
+	filter_side_setup "$side"
 	cqrs_psql -c CHECKPOINT >/dev/null
 	if cqrs_as_owner env "${session[@]}" "$CQRS_BINDIR/pgbench" -n -M "$protocol" -c "$clients" -j "$threads" \
 			-T "$RUN_SECONDS" "${args[@]}" -f "$SCRIPTS/$(side_script "$side")" \
@@ -366,6 +372,8 @@ source "$BENCH_DIR/import.sh"
 source "$BENCH_DIR/relay.sh"
 # shellcheck source=bench/lifecycle.sh
 source "$BENCH_DIR/lifecycle.sh"
+# shellcheck source=bench/filtered.sh
+source "$BENCH_DIR/filtered.sh"
 
 # The nodurable group: append vs raw INSERT as in "multi", but with
 # synchronous_commit = off for pgbench's sessions only (PGOPTIONS), so that
@@ -405,6 +413,15 @@ if [ -z "$BASELINE_ONLY" ]; then
 fi
 want import && run_import_group
 [ -z "$BASELINE_ONLY" ] && want lifecycle && run_lifecycle_group
+if want append_filter_index; then
+	run_group append_filter_index "$CLIENTS" append append_nofilter raw raw_nofilter
+	# the same with synchronous_commit = off for pgbench's sessions (as the
+	# nodurable group): without the WAL flush, what is left is each side's
+	# CPU and WAL volume, where two more index entries per row show
+	run_group append_filter_index_nodurable "$CLIENTS" append append_nofilter raw raw_nofilter
+	[ -z "$BASELINE_ONLY" ] && run_filter_wal
+fi
+[ -z "$BASELINE_ONLY" ] && want filtered && run_filtered_group
 elapsed=$(($(date +%s) - start))
 
 #
@@ -485,6 +502,8 @@ if want nodurable; then
 fi
 want import && print_import_row
 [ -z "$BASELINE_ONLY" ] && want lifecycle && print_lifecycle_rows
+want append_filter_index && print_append_filter_rows
+[ -z "$BASELINE_ONLY" ] && want filtered && print_filtered_rows
 
 if want race; then
 	echo

@@ -29,6 +29,53 @@ GRANT SELECT ON cqrs.lifecycle_log TO pg_monitor;
 
 -- == Filtered reads ==
 
+-- The filter indexes: read_all with categories or types, and deferred
+-- projections with filters, scan them (src/filterscan.c) and pay for the
+-- events they return, not for the whole log.  The library finds them by
+-- name and falls back to the position index where one is missing, so
+-- they can be dropped where appends matter more (drop_filter_indexes).
+-- Building them reads the whole log: on a large log this update takes
+-- as long as two CREATE INDEX on cqrs.events, and blocks appends while
+-- it runs.  IF NOT EXISTS: a DBA may have built them beforehand with
+-- CREATE INDEX CONCURRENTLY under these names, to keep the build out of
+-- the update's window.
+CREATE INDEX IF NOT EXISTS events_category_position_idx
+    ON cqrs.events (cqrs.category(stream), "position");
+CREATE INDEX IF NOT EXISTS events_type_position_idx ON cqrs.events (type, "position");
+
+-- cqrs.category only ever returns a prefix of its argument, and never
+-- fails on any input: LEAKPROOF, so that under row-level security the
+-- planner may use it as an index condition below the policies' quals.
+ALTER FUNCTION cqrs.category(text) LEAKPROOF;
+
+-- Creating and dropping the filter indexes.  CREATE INDEX and DROP INDEX
+-- check what they always check (ownership of cqrs.events); the functions
+-- are for the log's owner only, and not granted to PUBLIC.
+CREATE FUNCTION cqrs.create_filter_indexes()
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+CREATE INDEX IF NOT EXISTS events_category_position_idx
+    ON cqrs.events (cqrs.category(stream), "position");
+CREATE INDEX IF NOT EXISTS events_type_position_idx ON cqrs.events (type, "position");
+$$;
+COMMENT ON FUNCTION cqrs.create_filter_indexes() IS
+    'create the indexes that make filtered reads cost what they return (reads the whole log)';
+REVOKE ALL ON FUNCTION cqrs.create_filter_indexes() FROM PUBLIC;
+
+CREATE FUNCTION cqrs.drop_filter_indexes()
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DROP INDEX IF EXISTS cqrs.events_category_position_idx;
+DROP INDEX IF EXISTS cqrs.events_type_position_idx;
+$$;
+COMMENT ON FUNCTION cqrs.drop_filter_indexes() IS
+    'drop the filter indexes: cheaper appends, filtered reads scan the log by position';
+REVOKE ALL ON FUNCTION cqrs.drop_filter_indexes() FROM PUBLIC;
+
 -- == Stream lifecycle: delete, truncate, erase; the audit catalog ==
 -- (src/lifecycle.c; system events "$..." are the extension's own)
 

@@ -443,27 +443,42 @@ CqrsApplyEvents(CqrsProjection *p, Tuplestorestate *events, TupleDesc desc,
 }
 
 /*
+ * A projection's category and type filters, for CqrsCollectEvents; NULL
+ * when it wants every event.  Points into p, which must outlive it.
+ */
+static CqrsEventFilter *
+projection_filter(CqrsProjection *p, CqrsEventFilter *buf)
+{
+	if (p->categories == NULL && p->types == NULL)
+		return NULL;
+	buf->categories = p->categories;
+	buf->ncategories = p->ncategories;
+	buf->types = p->types;
+	buf->ntypes = p->ntypes;
+	return buf;
+}
+
+/*
  * Collect events after a position into a tuplestore, in position order:
- * at most limit events (NULL-free), up to and including upto.  Returns the
- * number collected and, in *last, the position of the last one.
+ * at most limit events that pass filter (NULL: every event), up to and
+ * including upto.  Returns the number collected and, in *last, the
+ * position of the last one.  With a filter, the events come from the
+ * filter indexes where they exist (filterscan.c), so a projection of a
+ * rare category reads only its own events; fewer than limit collected
+ * means every event up to upto was looked at, matching or not, and the
+ * caller may move a checkpoint there.
  */
 int64
-CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
-				  Tuplestorestate *store, int64 *last)
+CqrsCollectEvents(Relation events, const CqrsEventFilter *filter, int64 after,
+				  int64 upto, int64 limit, Tuplestorestate *store, int64 *last)
 {
-	Relation	index = index_open(CqrsEventLog()->position_idx, AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	TupleTableSlot *slot = table_slot_create(events, NULL);
-	IndexScanDesc scan;
-	ScanKeyData keys[2];
+	CqrsFilterScan *scan = CqrsFilterScanBegin(events, snapshot, filter, after, upto);
+	TupleTableSlot *slot;
 	int64		n = 0;
 
-	ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
-	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(upto));
-	scan = cqrs_index_beginscan(events, index, snapshot, 2);
-	index_rescan(scan, keys, 2, NULL, 0);
 	*last = after;
-	while (n < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	while (n < limit && (slot = CqrsFilterScanNext(scan)) != NULL)
 	{
 		bool		isnull;
 
@@ -471,10 +486,8 @@ CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
 		*last = DatumGetInt64(slot_getattr(slot, Anum_events_position, &isnull));
 		n++;
 	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
+	CqrsFilterScanEnd(scan);
 	UnregisterSnapshot(snapshot);
-	index_close(index, NoLock);
 	return n;
 }
 
@@ -515,12 +528,15 @@ CqrsSyncCatchUp(CqrsProjection *p)
 	Relation	events = CqrsOpenEventLog(AccessShareLock);
 	int64		head = CqrsMaxPosition(events, GetLatestSnapshot());
 	int64		after = p->position;
+	CqrsEventFilter fbuf;
+	CqrsEventFilter *filter = projection_filter(p, &fbuf);
 
 	while (after < head)
 	{
 		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
 		int64		last;
-		int64		n = CqrsCollectEvents(events, after, head, cqrs_batch_size, store, &last);
+		int64		n = CqrsCollectEvents(events, filter, after, head, cqrs_batch_size,
+									 store, &last);
 
 		if (n == 0)
 			break;
@@ -609,6 +625,7 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 	char	   *fail_message = NULL;
 	Tuplestorestate *store;
 	CqrsSkipSet    *skip;
+	CqrsEventFilter fbuf;
 	List	   *l;
 	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
 	Datum		values[3];
@@ -661,7 +678,8 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 	}
 
 	store = tuplestore_begin_heap(false, false, work_mem);
-	result->examined = CqrsCollectEvents(events, p->position, safe, limit, store, &last);
+	result->examined = CqrsCollectEvents(events, projection_filter(p, &fbuf), p->position,
+										 safe, limit, store, &last);
 	if (result->examined < limit)
 		last = safe;			/* everything up to the safe position was seen */
 	skip = CqrsLoadSkipSet(name, p->position);
@@ -792,6 +810,7 @@ CqrsRebuildApply(const char *name, int64 upto)
 	CqrsSkipSet    *skip;
 	int64		after = 0;
 	int64		applied = 0;
+	CqrsEventFilter fbuf;
 
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, false);
@@ -804,7 +823,8 @@ CqrsRebuildApply(const char *name, int64 upto)
 		int64		n;
 
 		CHECK_FOR_INTERRUPTS();
-		n = CqrsCollectEvents(events, after, upto, 10 * (int64) cqrs_batch_size, store, &last);
+		n = CqrsCollectEvents(events, projection_filter(p, &fbuf), after, upto,
+							  10 * (int64) cqrs_batch_size, store, &last);
 		if (n > 0)
 			applied += CqrsApplyEvents(p, store, RelationGetDescr(events), skip, PG_INT64_MAX);
 		tuplestore_end(store);

@@ -125,7 +125,9 @@ eventlog_relcache_callback(Datum arg, Oid relid)
 		relid == eventlog_oids.position_seq ||
 		relid == eventlog_oids.projections ||
 		relid == eventlog_oids.skipped_events ||
-		relid == eventlog_oids.projection_digests)
+		relid == eventlog_oids.projection_digests ||
+		relid == eventlog_oids.category_position_idx ||
+		relid == eventlog_oids.type_position_idx)
 		eventlog_oids_valid = false;
 }
 
@@ -178,6 +180,10 @@ CqrsEventLog(void)
 		eventlog_oids.forbid_direct_insert =
 			LookupFuncName(list_make2(makeString("cqrs"), makeString("forbid_direct_insert")),
 						   0, NULL, true);
+		/* absent before 0.7.0, or dropped (filterscan.c falls back) */
+		eventlog_oids.category_position_idx =
+			get_relname_relid("events_category_position_idx", nspid);
+		eventlog_oids.type_position_idx = get_relname_relid("events_type_position_idx", nspid);
 		eventlog_oids_valid = true;
 	}
 	return &eventlog_oids;

@@ -47,6 +47,7 @@
  *	catalog.c			cqrs.projections and cqrs.skipped_events, the sync cache
  *	scope.c				acting as the catalog's owner or as a projection's owner
  *	outbox.c			cqrs.publish, the message format, outbox_status
+ *	filterscan.c		scans of the log by category or type, in position order
  *	eventlog.c			the log's relations: OIDs, stream locks, index probes
  *	wakeup.c			latches and the progress condition variable
  *	guard.c				the guards of cqrs.events: append-only, written only by append
@@ -140,6 +141,9 @@ typedef struct CqrsEventLogOids
 									 * 0.3.0 InvalidOid */
 	Oid			forbid_direct_insert;	/* the INSERT guard's function, before
 										 * 0.4.0 InvalidOid */
+	Oid			category_position_idx;	/* (cqrs.category(stream), position),
+										 * InvalidOid before 0.7.0 or dropped */
+	Oid			type_position_idx;	/* (type, position), likewise */
 } CqrsEventLogOids;
 
 extern Relation CqrsOpenEventLog(LOCKMODE lockmode);
@@ -178,6 +182,25 @@ extern TransactionId CqrsFindEventForAppend(Relation events, pg_uuid_t *id, bool
 											text **stream, int64 *version, int64 *position);
 extern int64 CqrsMaxPosition(Relation events, Snapshot snapshot);
 extern char *CqrsQualifiedName(Oid relid);
+
+/* filterscan.c */
+/* A category and type filter; NULL arrays mean "every". */
+typedef struct CqrsEventFilter
+{
+	int			ncategories;
+	text	  **categories;		/* NULL: every category */
+	int			ntypes;
+	text	  **types;			/* NULL: every type */
+} CqrsEventFilter;
+
+typedef struct CqrsFilterScan CqrsFilterScan;
+
+extern bool CqrsEventFilterMatches(const CqrsEventFilter *f, text *stream, text *type);
+extern CqrsFilterScan *CqrsFilterScanBegin(Relation events, Snapshot snapshot,
+										   const CqrsEventFilter *filter,
+										   int64 after, int64 upto);
+extern TupleTableSlot *CqrsFilterScanNext(CqrsFilterScan *fs);
+extern void CqrsFilterScanEnd(CqrsFilterScan *fs);
 
 /* outbox.c (the output plugin itself is decoder.c, which exports nothing) */
 #define CQRS_MESSAGE_PREFIX "pg_cqrs"
@@ -397,8 +420,9 @@ extern bool CqrsProjectionWantsEvent(CqrsProjection *p, text *stream, text *type
 extern bool CqrsCurrentCause(pg_uuid_t *id, int32 *depth, const char **projection);
 extern int64 CqrsApplyEvents(CqrsProjection *p, struct Tuplestorestate *events, TupleDesc desc,
 							 CqrsSkipSet *skip, int64 stop_before);
-extern int64 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
-							   struct Tuplestorestate *store, int64 *last);
+extern int64 CqrsCollectEvents(Relation events, const CqrsEventFilter *filter, int64 after,
+							   int64 upto, int64 limit, struct Tuplestorestate *store,
+							   int64 *last);
 extern int64 CqrsSyncCatchUp(CqrsProjection *p);
 extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
 						   CqrsBatchResult *result);

@@ -100,7 +100,6 @@ cqrs_category(PG_FUNCTION_ARGS)
 /* Kept plans of the row-level security path, one per reader. */
 static SPIPlanPtr stream_version_plan = NULL;
 static SPIPlanPtr read_stream_plan = NULL;
-static SPIPlanPtr read_all_plan = NULL;
 
 /* Rows fetched from the cursor of the row-level security path at a time */
 #define RLS_FETCH_ROWS 1000
@@ -343,45 +342,71 @@ cqrs_read_stream(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* A text[] filter argument as C strings; NULL means no filter. */
-typedef struct NameFilter
-{
-	int			n;
-	text	  **names;
-} NameFilter;
-
-static NameFilter *
-filter_arg(FunctionCallInfo fcinfo, int argno)
+/*
+ * A text[] filter argument as C strings, NULL elements dropped, into
+ * *names and *n; *names is NULL when the argument is (no filter).
+ */
+static void
+filter_arg(FunctionCallInfo fcinfo, int argno, text ***names, int *n)
 {
 	ArrayType  *arr;
 	Datum	   *elems;
 	bool	   *nulls;
-	int			n;
-	NameFilter *f;
+	int			count;
 
+	*names = NULL;
+	*n = 0;
 	if (PG_ARGISNULL(argno))
-		return NULL;
+		return;
 	arr = PG_GETARG_ARRAYTYPE_P(argno);
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	f = palloc(sizeof(NameFilter));
-	f->n = 0;
-	f->names = palloc((n + 1) * sizeof(text *));
-	for (int i = 0; i < n; i++)
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &count);
+	*names = palloc((count + 1) * sizeof(text *));
+	for (int i = 0; i < count; i++)
 		if (!nulls[i])
-			f->names[f->n++] = DatumGetTextPP(elems[i]);
-	return f;
+			(*names)[(*n)++] = DatumGetTextPP(elems[i]);
 }
 
-static bool
-filter_match(NameFilter *f, const char *s, int len)
+/*
+ * The row-level security path of read_all, one kept plan per filter shape
+ * (none, categories, types, both), so that each plan names only the
+ * conditions that apply and the planner can pick the filter indexes for a
+ * generic plan too.  The category is cqrs.category(stream), the indexed
+ * expression; it is LEAKPROOF (it only ever returns a prefix of its
+ * argument), which lets the planner use it in an index condition under
+ * the policies.  "= ANY" ignores NULL elements as the fast path does.
+ */
+static SPIPlanPtr read_all_plans[4];
+
+static const char *
+read_all_sql(int shape)
 {
-	if (f == NULL)
-		return true;
-	for (int i = 0; i < f->n; i++)
-		if (VARSIZE_ANY_EXHDR(f->names[i]) == len &&
-			memcmp(VARDATA_ANY(f->names[i]), s, len) == 0)
-			return true;
-	return false;
+	static const char *const sql[4] = {
+		"SELECT e.* FROM cqrs.events e"
+		" WHERE e.\"position\" OPERATOR(pg_catalog.>) $1"
+		" AND e.\"position\" OPERATOR(pg_catalog.<=) $2"
+		" ORDER BY e.\"position\" LIMIT $5",
+
+		"SELECT e.* FROM cqrs.events e"
+		" WHERE e.\"position\" OPERATOR(pg_catalog.>) $1"
+		" AND e.\"position\" OPERATOR(pg_catalog.<=) $2"
+		" AND cqrs.category(e.stream) OPERATOR(pg_catalog.=) ANY ($3)"
+		" ORDER BY e.\"position\" LIMIT $5",
+
+		"SELECT e.* FROM cqrs.events e"
+		" WHERE e.\"position\" OPERATOR(pg_catalog.>) $1"
+		" AND e.\"position\" OPERATOR(pg_catalog.<=) $2"
+		" AND e.type OPERATOR(pg_catalog.=) ANY ($4)"
+		" ORDER BY e.\"position\" LIMIT $5",
+
+		"SELECT e.* FROM cqrs.events e"
+		" WHERE e.\"position\" OPERATOR(pg_catalog.>) $1"
+		" AND e.\"position\" OPERATOR(pg_catalog.<=) $2"
+		" AND cqrs.category(e.stream) OPERATOR(pg_catalog.=) ANY ($3)"
+		" AND e.type OPERATOR(pg_catalog.=) ANY ($4)"
+		" ORDER BY e.\"position\" LIMIT $5",
+	};
+
+	return sql[shape];
 }
 
 /*
@@ -390,8 +415,11 @@ filter_match(NameFilter *f, const char *s, int len)
  *	  RETURNS SETOF cqrs.events
  *
  * Events after after_position, in position order, never past the safe
- * position; see the file header for the snapshot used.  Category and type
- * filters are applied here, so skipped events are never formed into rows.
+ * position; see the file header for the snapshot used.  With categories or
+ * types, only the events that match, found through the filter indexes
+ * where they exist (filterscan.c), so the cost follows what is returned
+ * rather than how far the log goes; skipped events are never formed into
+ * rows.  A NULL filter matches everything, an empty one nothing.
  */
 Datum
 cqrs_read_all(PG_FUNCTION_ARGS)
@@ -400,12 +428,9 @@ cqrs_read_all(PG_FUNCTION_ARGS)
 	bool		rls = check_may_read();
 	int64		after = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
 	int64		limit = max_count_arg(fcinfo, 1);
-	NameFilter *categories = filter_arg(fcinfo, 2);
-	NameFilter *types = filter_arg(fcinfo, 3);
+	CqrsEventFilter filter;
 	Relation	events;
-	Relation	index;
-	IndexScanDesc scan;
-	ScanKeyData keys[2];
+	CqrsFilterScan *scan;
 	TupleTableSlot *slot;
 	Snapshot	snapshot;
 	int64		safe;
@@ -415,6 +440,8 @@ cqrs_read_all(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("after_position must not be negative")));
+	filter_arg(fcinfo, 2, &filter.categories, &filter.ncategories);
+	filter_arg(fcinfo, 3, &filter.types, &filter.ntypes);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
@@ -431,14 +458,10 @@ cqrs_read_all(PG_FUNCTION_ARGS)
 
 	if (rls)
 	{
-		/*
-		 * The filters in SQL: split_part(stream, '-', 1) is the category, as
-		 * category_len computes it; "= ANY" ignores NULL elements as
-		 * filter_match does.
-		 */
 		Oid			argtypes[5] = {INT8OID, INT8OID, TEXTARRAYOID, TEXTARRAYOID, INT8OID};
 		Datum		values[5];
 		char		nulls[5];
+		int			shape = (PG_ARGISNULL(2) ? 0 : 1) | (PG_ARGISNULL(3) ? 0 : 2);
 
 		memset(nulls, ' ', sizeof(nulls));
 		values[0] = Int64GetDatum(after);
@@ -449,55 +472,22 @@ cqrs_read_all(PG_FUNCTION_ARGS)
 		nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
 		values[4] = Int64GetDatum(limit);
 
-		read_with_policies(rsinfo, &read_all_plan,
-						   "SELECT e.* FROM cqrs.events e"
-						   " WHERE e.\"position\" OPERATOR(pg_catalog.>) $1"
-						   " AND e.\"position\" OPERATOR(pg_catalog.<=) $2"
-						   " AND ($3 IS NULL OR pg_catalog.split_part(e.stream, '-', 1)"
-						   "  OPERATOR(pg_catalog.=) ANY ($3))"
-						   " AND ($4 IS NULL OR e.type OPERATOR(pg_catalog.=) ANY ($4))"
-						   " ORDER BY e.\"position\" LIMIT $5",
+		read_with_policies(rsinfo, &read_all_plans[shape], read_all_sql(shape),
 						   5, argtypes, values, nulls, snapshot);
 		UnregisterSnapshot(snapshot);
 		table_close(events, NoLock);
 		return (Datum) 0;
 	}
 
-	index = index_open(CqrsEventLog()->position_idx, AccessShareLock);
-	ScanKeyInit(&keys[0], 1, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
-	ScanKeyInit(&keys[1], 1, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(safe));
-
-	slot = table_slot_create(events, NULL);
-	scan = cqrs_index_beginscan(events, index, snapshot, 2);
-	index_rescan(scan, keys, 2, NULL, 0);
-	while (count < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	scan = CqrsFilterScanBegin(events, snapshot,
+							   (filter.categories || filter.types) ? &filter : NULL,
+							   after, safe);
+	while (count < limit && (slot = CqrsFilterScanNext(scan)) != NULL)
 	{
-		CHECK_FOR_INTERRUPTS();
-		if (categories != NULL || types != NULL)
-		{
-			bool		isnull;
-			text	   *t;
-
-			if (categories != NULL)
-			{
-				t = DatumGetTextPP(slot_getattr(slot, Anum_events_stream, &isnull));
-				if (!filter_match(categories, VARDATA_ANY(t),
-								  category_len(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))))
-					continue;
-			}
-			if (types != NULL)
-			{
-				t = DatumGetTextPP(slot_getattr(slot, Anum_events_type, &isnull));
-				if (!filter_match(types, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))
-					continue;
-			}
-		}
 		tuplestore_puttupleslot(rsinfo->setResult, slot);
 		count++;
 	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, NoLock);
+	CqrsFilterScanEnd(scan);
 	UnregisterSnapshot(snapshot);
 	table_close(events, NoLock);
 
