@@ -416,6 +416,38 @@ cqrs_apply_sync_projections(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Apply every event in (after, upto] to p, batch by batch, each batch
+ * collected with a fresh snapshot and built and applied in batchcxt, which
+ * is reset after it: memory stays flat however long the stretch.  The
+ * caller knows that every event at or below upto is final (committed or
+ * gone for good).  Returns upto.
+ */
+static int64
+apply_final_stretch(CqrsProjection *p, Relation events, int64 after, int64 upto,
+					MemoryContext batchcxt)
+{
+	while (after < upto)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(batchcxt);
+		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
+		int64		last;
+		int64		n;
+
+		CHECK_FOR_INTERRUPTS();
+		n = CqrsCollectEvents(events, after, upto, cqrs_batch_size, store, &last);
+		if (n > 0)
+			(void) CqrsApplyEvents(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
+		tuplestore_end(store);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(batchcxt);
+		if (n == 0)
+			break;
+		after = last;
+	}
+	return upto;
+}
+
+/*
  * Bring a sync projection from its position up to the head of the log,
  * inside the caller's transaction, and return the head, its new position.
  * The caller holds ShareLock on cqrs.projections, so the head is final and
@@ -426,23 +458,61 @@ CqrsSyncCatchUp(CqrsProjection *p)
 {
 	Relation	events = CqrsOpenEventLog(AccessShareLock);
 	int64		head = CqrsMaxPosition(events, GetLatestSnapshot());
-	int64		after = p->position;
+	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "pg_cqrs catch-up batch",
+												   ALLOCSET_DEFAULT_SIZES);
 
-	while (after < head)
-	{
-		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
-		int64		last;
-		int64		n = CqrsCollectEvents(events, after, head, cqrs_batch_size, store, &last);
-
-		if (n == 0)
-			break;
-		(void) CqrsApplyEvents(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
-		tuplestore_end(store);
-		after = last;
-	}
+	if (head > p->position)
+		(void) apply_final_stretch(p, events, p->position, head, batchcxt);
+	MemoryContextDelete(batchcxt);
 	table_close(events, NoLock);
-	p->position = head;
-	return head;
+	p->position = Max(head, p->position);
+	return p->position;
+}
+
+/*
+ * CqrsSyncCatchUpOnline
+ *		The first, unlocked phase of an online catch-up (create_projection):
+ *		apply history from p->position up to the safe position, in the
+ *		caller's transaction, without holding anything appends wait for.
+ *
+ * Every event at or below the safe position is final, so what is applied
+ * here is exactly what the log will ever hold there.  While it runs the
+ * log grows; so it looks again and goes on while the safe position moves
+ * and the stretch left to the head is longer than near, then stops at the
+ * last safe position it reached and returns it (also in p->position).  The
+ * caller then takes ShareLock and applies the rest with CqrsSyncCatchUp,
+ * which is then short.  The safe position may stay put (an append held
+ * open for long, possibly by the caller's own transaction): we stop there
+ * rather than wait, since the ShareLock has to wait for it anyway.
+ *
+ * Needs the horizon (shared memory); READ COMMITTED (each batch reads with
+ * a fresh snapshot; the caller checks).
+ */
+int64
+CqrsSyncCatchUpOnline(CqrsProjection *p, int64 near)
+{
+	Relation	events = CqrsOpenEventLog(AccessShareLock);
+	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "pg_cqrs catch-up batch",
+												   ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		int64		safe = CqrsSafePosition(events);
+		int64		head;
+
+		CHECK_FOR_INTERRUPTS();
+		if (safe <= p->position)
+			break;				/* the safe position did not move on */
+		p->position = apply_final_stretch(p, events, p->position, safe, batchcxt);
+		head = CqrsMaxPosition(events, GetLatestSnapshot());
+		if (head - p->position <= near)
+			break;
+	}
+	MemoryContextDelete(batchcxt);
+	table_close(events, NoLock);
+	return p->position;
 }
 
 /* ----------------------------------------------------------------

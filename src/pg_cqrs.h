@@ -256,6 +256,7 @@ extern int	CqrsCatalogExecute(const char *sql, int nargs, Oid *argtypes, Datum *
 							   const char *nulls, bool read_only);
 extern List *CqrsProjectionsQuery(const char *where, const char *name, CqrsRowLock rowlock);
 extern CqrsProjection *CqrsProjectionGet(const char *name, bool for_update);
+extern CqrsProjection *CqrsProjectionDraft(Oid *argtypes, Datum *values, const char *nulls);
 extern void CqrsProjectionUpdate(const char *name, const char *set, int nargs,
 								 Oid *argtypes, Datum *values, const char *nulls);
 extern void CqrsSetCheckpoint(const char *name, int64 position);
@@ -375,6 +376,7 @@ extern int64 CqrsApplyEvents(CqrsProjection *p, struct Tuplestorestate *events, 
 extern int64 CqrsCollectEvents(Relation events, int64 after, int64 upto, int64 limit,
 							   struct Tuplestorestate *store, int64 *last);
 extern int64 CqrsSyncCatchUp(CqrsProjection *p);
+extern int64 CqrsSyncCatchUpOnline(CqrsProjection *p, int64 near);
 extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
 						   CqrsBatchResult *result);
 extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
