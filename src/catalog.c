@@ -513,7 +513,8 @@ CqrsSyncProjections(Oid relid)
 
 /*
  * CqrsRunningDeferredNames
- *		The names of the running deferred projections, sorted, allocated in
+ *		The names of the running deferred projections and of the sync ones
+ *		catching up (apply.c), sorted, allocated in
  *		cxt: what the worker applies.  Reads as the caller, with the
  *		transaction snapshot; the caller holds a lock on cqrs.projections.
  */
@@ -528,8 +529,9 @@ CqrsRunningDeferredNames(MemoryContext cxt)
 	CqrsSPIConnect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rc = SPI_execute("SELECT name FROM cqrs.projections"
-					 " WHERE mode OPERATOR(pg_catalog.=) 'deferred'"
-					 " AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
+					 " WHERE (mode OPERATOR(pg_catalog.=) 'deferred'"
+					 " AND state OPERATOR(pg_catalog.=) 'running')"
+					 " OR state OPERATOR(pg_catalog.=) 'catching up' ORDER BY name",
 					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_cqrs: listing projections failed: %s", SPI_result_code_string(rc));

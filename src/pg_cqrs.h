@@ -215,7 +215,7 @@ typedef struct CqrsProjection
 	Oid			handler;
 	Oid			owner;
 	bool		sync;
-	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
+	char		state;			/* 'r'unning, 'p'aused, 'f'ailed, 'c'atching up */
 	int64		position;
 	char	   *search_path;
 	int			ncategories;
@@ -360,7 +360,7 @@ typedef struct CqrsRebuildTarget
 {
 	char	   *name;
 	bool		sync;
-	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
+	char		state;			/* 'r'unning, 'p'aused, 'f'ailed, 'c'atching up */
 	int64		position;		/* its checkpoint (a running sync: the head) */
 	Oid			owner;
 	char	   *search_path;
@@ -382,6 +382,8 @@ extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
 extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
 extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
 extern int64 CqrsRebuildApply(const char *name, int64 upto);
+extern void CqrsRebuildEmpty(const CqrsRebuildTarget *t);
+extern int64 CqrsRebuildTables(const CqrsRebuildTarget *t, int64 upto);
 extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
 
 /* event_input.c */

@@ -531,6 +531,12 @@ cqrs_pause_projection(PG_FUNCTION_ARGS)
 	relid = CqrsLockProjections(ShareLock);
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, true);
+	if (p->state == 'c')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("projection \"%s\" is catching up", name),
+				 errdetail("Its tables may still hold what they held before cqrs.replay(name, concurrently => true)."),
+				 errhint("Wait for it with cqrs.wait_for_projection(), or drop it.")));
 	if (p->state != 'p')
 	{
 		if (p->sync && p->state == 'r')
@@ -568,7 +574,17 @@ cqrs_resume_projection(PG_FUNCTION_ARGS)
 	relid = CqrsLockProjections(ShareLock);
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, true);
-	if (p->state != 'r')
+	if (p->sync && p->state == 'f')
+	{
+		/*
+		 * A sync projection fails only while catching up (apply.c), maybe
+		 * with its tables not yet rebuilt: it goes on catching up.
+		 */
+		CqrsProjectionUpdate(name, "state = 'catching up', last_error = NULL, error_position = NULL",
+							 0, NULL, NULL, NULL);
+		CqrsWakeAppliers();
+	}
+	else if (p->state != 'r' && p->state != 'c')
 	{
 		CqrsProjectionUpdate(name, "state = 'running', last_error = NULL, error_position = NULL",
 							 0, NULL, NULL, NULL);
@@ -657,7 +673,8 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
  *
  * Apply, in the caller's transaction, every event committed before the call
  * to the running deferred projections the caller may administer (or the
- * one named, which it must), handing at most
+ * one named, which it must), and bring the sync ones catching up back to
+ * in-append application (see apply.c), handing at most
  * max_events events to handlers in all.  (A batch examines no more events
  * than the budget left, so it cannot overshoot.)  Waits for a batch another applier is running, and for
  * appends in flight below the events to apply.  Returns events applied.
@@ -692,7 +709,8 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 	table_close(events, NoLock);
 
 	CqrsSPIConnect();
-	projections = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
+	projections = CqrsProjectionsQuery("(mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running')"
+									   " OR state OPERATOR(pg_catalog.=) 'catching up'",
 									   only, CQRS_ROWS_UNLOCKED);
 	if (only != NULL && projections == NIL)
 		(void) CqrsProjectionGet(only, false); /* error if it does not exist */
@@ -712,7 +730,21 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 			CqrsApplyBatch(p->name, Min(budget, (int64) cqrs_batch_size), false, &r);
 			total += r.applied;
 			budget -= r.applied;
-			if (r.state != 'r' || r.position >= target)
+			/* a sync one catching up is done once switched back (apply.c) */
+			if (r.state == 'c' && r.examined == 0 && r.safe >= target)
+			{
+				/* the switch's lock timed out: look again shortly */
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 10, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				continue;
+			}
+			if (r.state == 'c')
+			{
+				if (r.examined > 0)
+					continue;
+			}
+			else if (r.state != 'r' || p->sync || r.position >= target)
 				break;
 			if (r.examined == 0)
 			{

@@ -502,7 +502,8 @@ worker_apply_one(const char *name, bool *worked)
 			PushActiveSnapshot(GetTransactionSnapshot());
 			pgstat_report_activity(STATE_RUNNING, name);
 			CqrsApplyBatch(name, cqrs_batch_size, true, &r);
-			more = r.state == 'r' && r.examined >= cqrs_batch_size;
+			more = (r.state == 'r' && r.examined >= cqrs_batch_size) ||
+				(r.state == 'c' && r.examined > 0);
 			if (r.examined > 0)
 				*worked = true;
 			SPI_finish();
