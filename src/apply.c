@@ -34,9 +34,19 @@
  * with the position and message, in the enclosing transaction, and the
  * other projections go on.
  *
+ * Catching up.  A sync projection being rebuilt by cqrs.replay(name,
+ * concurrently => true) is 'catching up': appends leave it alone, and the
+ * appliers of deferred projections bring it back, step by step, through
+ * CqrsApplyBatch (see "Sync projections catching up" below).
+ *
  * Calls down into catalog.c, digest.c, horizon.c, scope.c, eventlog.c and
  * wakeup.c; called by appends (sync), the worker, the lifecycle functions
  * and replay.
+ *
+ * Size.  Sync catch-up, deferred batches, the catch-up of sync projections
+ * and rebuilds share the collection of events, the subtransaction that
+ * turns a handler error into a failed projection, and the row locking of
+ * CqrsApplyBatch; apart, they would export those internals to each other.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *

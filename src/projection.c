@@ -51,6 +51,10 @@
  * fixed snapshot the handler's own queries would not see the latest state
  * of what they read, which appends always show them.
  *
+ * Size.  The lifecycle functions share the argument checks, the locking
+ * protocol above and the catalog updates; the file is one concept, the
+ * life of a projection, and splitting it would only export its helpers.
+ *
  * Security.  Handlers run as the projection's owner (its creator) with
  * SECURITY_RESTRICTED_OPERATION and the search_path that was in effect when
  * the projection was created, never as whoever appended (scope.c).
