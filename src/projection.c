@@ -713,8 +713,8 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 	table_close(events, NoLock);
 
 	CqrsSPIConnect();
-	projections = CqrsProjectionsQuery("(mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running')"
-									   " OR state OPERATOR(pg_catalog.=) 'catching up'",
+	projections = CqrsProjectionsQuery("((mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running')"
+									   " OR state OPERATOR(pg_catalog.=) 'catching up')",
 									   only, CQRS_ROWS_UNLOCKED);
 	if (only != NULL && projections == NIL)
 		(void) CqrsProjectionGet(only, false); /* error if it does not exist */
