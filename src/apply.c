@@ -491,7 +491,9 @@ CqrsSyncCatchUp(CqrsProjection *p)
  * here is exactly what the log will ever hold there.  While it runs the
  * log grows; so it looks again and goes on while the safe position moves
  * and the stretch left to the head is longer than near, then stops at the
- * last safe position it reached and returns it (also in p->position).  The
+ * last safe position it reached and returns it (also in p->position); it
+ * also stops when the stretch left stops shrinking (appends coming faster
+ * than the handler applies them), since it would never end.  The
  * caller then takes ShareLock and applies the rest with CqrsSyncCatchUp,
  * which is then short.  The safe position may stay put (an append held
  * open for long, possibly by the caller's own transaction): we stop there
@@ -508,6 +510,8 @@ CqrsSyncCatchUpOnline(CqrsProjection *p, int64 near)
 												   "pg_cqrs catch-up batch",
 												   ALLOCSET_DEFAULT_SIZES);
 
+	int64		left = PG_INT64_MAX;
+
 	for (;;)
 	{
 		int64		safe = CqrsSafePosition(events);
@@ -518,8 +522,14 @@ CqrsSyncCatchUpOnline(CqrsProjection *p, int64 near)
 			break;				/* the safe position did not move on */
 		p->position = apply_final_stretch(p, events, p->position, safe, batchcxt);
 		head = CqrsMaxPosition(events, GetLatestSnapshot());
-		if (head - p->position <= near)
+
+		/*
+		 * Near enough; or not getting nearer (appends outpace the handler),
+		 * when going on would never end.
+		 */
+		if (head - p->position <= near || head - p->position >= left)
 			break;
+		left = head - p->position;
 	}
 	MemoryContextDelete(batchcxt);
 	table_close(events, NoLock);

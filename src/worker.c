@@ -455,7 +455,8 @@ cqrs_launcher_main(Datum main_arg)
 
 
 /*
- * The running deferred projections of our database, or NIL; sets
+ * The running deferred projections of our database, and the sync ones
+ * catching up (apply.c), or NIL; sets
  * *installed to whether the extension (with projections) is here at all,
  * and *busy when the catalog is locked (by DROP EXTENSION, say): the worker
  * never waits for a lock of the extension's (see CqrsApplyBatch).
