@@ -17,7 +17,8 @@
 #   BENCH_ONLY      which workload groups, comma-separated, of
 #                   single,multi,batch,race,nodurable,sync,deferred,lag,
 #                   capture,outbox,replay,reconcile,verify,import,relay,
-#                   lifecycle,filtered,append_filter_index (default all)
+#                   lifecycle,filtered,append_filter_index,online_sync
+#                                                     (default all)
 #                   filtered: read_all and a deferred projection on a rare
 #                   category, with the filter indexes vs without them
 #                   append_filter_index: append and raw INSERT, each with
@@ -41,6 +42,9 @@
 #                   nats-server vs pg_recvlogical to /dev/null (200000)
 #   BENCH_REPLAY_EVENTS    size of the replay/reconcile/verify log (1000000)
 #   BENCH_REPLAY_ROUNDS    rounds of those groups     (default 3)
+#   BENCH_ONLINE_EVENTS    size of the online_sync group's log (1000000)
+#   BENCH_ONLINE_CLIENTS   its appending clients (4)
+#   BENCH_ONLINE_SECONDS   its windows' length (default 10 s + 4 x a blocking catch-up)
 #   BENCH_PROJECTION_DIGEST=false  the sync, deferred and lag projections
 #                   keep no digest (to measure what digests cost)
 #   BENCH_SHARED_BUFFERS                              (default 1GB)
@@ -74,7 +78,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle,filtered,append_filter_index}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle,filtered,append_filter_index,online_sync}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -86,7 +90,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle|filtered|append_filter_index) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle|filtered|append_filter_index|online_sync) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -351,6 +355,8 @@ paired() { # shellcheck disable=SC2086
 source "$BENCH_DIR/projections.sh"
 # shellcheck source=bench/replay.sh
 source "$BENCH_DIR/replay.sh"
+# shellcheck source=bench/online_sync.sh
+source "$BENCH_DIR/online_sync.sh"
 
 # The capture group: INSERT into a captured table (the row and its event,
 # appended by the capture trigger) vs into an identical uncaptured table.
@@ -410,6 +416,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 	fi
 	want outbox && run_outbox_group
 	want relay && run_relay_group
+	want online_sync && run_online_sync_group
 fi
 want import && run_import_group
 [ -z "$BASELINE_ONLY" ] && want lifecycle && run_lifecycle_group
@@ -537,6 +544,9 @@ fi
 
 if [ -z "$BASELINE_ONLY" ] && { want replay || want reconcile || want verify; }; then
 	print_replay_rows
+fi
+if [ -z "$BASELINE_ONLY" ] && want online_sync; then
+	print_online_sync_rows
 fi
 
 echo

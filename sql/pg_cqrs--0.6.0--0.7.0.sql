@@ -27,6 +27,24 @@ GRANT SELECT ON cqrs.lifecycle_log TO pg_monitor;
 
 -- == Online sync projections ==
 
+-- A sync projection rebuilt by cqrs.replay(name, concurrently => true) is
+-- 'catching up' until its appliers have rebuilt it and switched it back to
+-- in-append application (src/apply.c).
+ALTER TABLE cqrs.projections DROP CONSTRAINT projections_state_check;
+ALTER TABLE cqrs.projections ADD CONSTRAINT projections_state_check
+    CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'paused', 'failed', 'catching up']));
+
+-- An overload rather than a defaulted parameter, so that cqrs.replay(text)
+-- stays what it was (and its grants with it).
+CREATE FUNCTION cqrs.replay(name text, concurrently boolean)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cqrs_replay_concurrently'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION cqrs.replay(text, boolean) IS
+    'pg_cqrs: rebuild a projection; concurrently => true: a sync one is rebuilt by its appliers without holding appends (returns NULL)';
+-- like cqrs.replay(text): for projection owners the administrator grants it to
+REVOKE EXECUTE ON FUNCTION cqrs.replay(text, boolean) FROM PUBLIC;
+
 -- == Filtered reads ==
 
 -- The filter indexes: read_all with categories or types, and deferred

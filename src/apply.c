@@ -34,9 +34,19 @@
  * with the position and message, in the enclosing transaction, and the
  * other projections go on.
  *
+ * Catching up.  A sync projection being rebuilt by cqrs.replay(name,
+ * concurrently => true) is 'catching up': appends leave it alone, and the
+ * appliers of deferred projections bring it back, step by step, through
+ * CqrsApplyBatch (see "Sync projections catching up" below).
+ *
  * Calls down into catalog.c, digest.c, horizon.c, scope.c, eventlog.c and
  * wakeup.c; called by appends (sync), the worker, the lifecycle functions
  * and replay.
+ *
+ * Size.  Sync catch-up, deferred batches, the catch-up of sync projections
+ * and rebuilds share the collection of events, the subtransaction that
+ * turns a handler error into a failed projection, and the row locking of
+ * CqrsApplyBatch; apart, they would export those internals to each other.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -62,6 +72,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -517,6 +528,41 @@ cqrs_apply_sync_projections(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Apply every event in (after, upto] to p, batch by batch, each batch
+ * collected with a fresh snapshot and built and applied in batchcxt, which
+ * is reset after it: memory stays flat however long the stretch.  The
+ * caller knows that every event at or below upto is final (committed or
+ * gone for good).  Returns upto.
+ */
+static int64
+apply_final_stretch(CqrsProjection *p, Relation events, int64 after, int64 upto,
+					MemoryContext batchcxt)
+{
+	CqrsEventFilter fbuf;
+
+	while (after < upto)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(batchcxt);
+		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
+		int64		last;
+		int64		n;
+
+		CHECK_FOR_INTERRUPTS();
+		n = CqrsCollectEvents(events, projection_filter(p, &fbuf), after, upto,
+							  cqrs_batch_size, store, &last);
+		if (n > 0)
+			(void) CqrsApplyEvents(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
+		tuplestore_end(store);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(batchcxt);
+		if (n == 0)
+			break;
+		after = last;
+	}
+	return upto;
+}
+
+/*
  * Bring a sync projection from its position up to the head of the log,
  * inside the caller's transaction, and return the head, its new position.
  * The caller holds ShareLock on cqrs.projections, so the head is final and
@@ -527,26 +573,71 @@ CqrsSyncCatchUp(CqrsProjection *p)
 {
 	Relation	events = CqrsOpenEventLog(AccessShareLock);
 	int64		head = CqrsMaxPosition(events, GetLatestSnapshot());
-	int64		after = p->position;
-	CqrsEventFilter fbuf;
-	CqrsEventFilter *filter = projection_filter(p, &fbuf);
+	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "pg_cqrs catch-up batch",
+												   ALLOCSET_DEFAULT_SIZES);
 
-	while (after < head)
-	{
-		Tuplestorestate *store = tuplestore_begin_heap(false, false, work_mem);
-		int64		last;
-		int64		n = CqrsCollectEvents(events, filter, after, head, cqrs_batch_size,
-									 store, &last);
-
-		if (n == 0)
-			break;
-		(void) CqrsApplyEvents(p, store, RelationGetDescr(events), NULL, PG_INT64_MAX);
-		tuplestore_end(store);
-		after = last;
-	}
+	if (head > p->position)
+		(void) apply_final_stretch(p, events, p->position, head, batchcxt);
+	MemoryContextDelete(batchcxt);
 	table_close(events, NoLock);
-	p->position = head;
-	return head;
+	p->position = Max(head, p->position);
+	return p->position;
+}
+
+/*
+ * CqrsSyncCatchUpOnline
+ *		The first, unlocked phase of an online catch-up (create_projection):
+ *		apply history from p->position up to the safe position, in the
+ *		caller's transaction, without holding anything appends wait for.
+ *
+ * Every event at or below the safe position is final, so what is applied
+ * here is exactly what the log will ever hold there.  While it runs the
+ * log grows; so it looks again and goes on while the safe position moves
+ * and the stretch left to the head is longer than near, then stops at the
+ * last safe position it reached and returns it (also in p->position); it
+ * also stops when the stretch left stops shrinking (appends coming faster
+ * than the handler applies them), since it would never end.  The
+ * caller then takes ShareLock and applies the rest with CqrsSyncCatchUp,
+ * which is then short.  The safe position may stay put (an append held
+ * open for long, possibly by the caller's own transaction): we stop there
+ * rather than wait, since the ShareLock has to wait for it anyway.
+ *
+ * Needs the horizon (shared memory); READ COMMITTED (each batch reads with
+ * a fresh snapshot; the caller checks).
+ */
+int64
+CqrsSyncCatchUpOnline(CqrsProjection *p, int64 near)
+{
+	Relation	events = CqrsOpenEventLog(AccessShareLock);
+	MemoryContext batchcxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "pg_cqrs catch-up batch",
+												   ALLOCSET_DEFAULT_SIZES);
+
+	int64		left = PG_INT64_MAX;
+
+	for (;;)
+	{
+		int64		safe = CqrsSafePosition(events);
+		int64		head;
+
+		CHECK_FOR_INTERRUPTS();
+		if (safe <= p->position)
+			break;				/* the safe position did not move on */
+		p->position = apply_final_stretch(p, events, p->position, safe, batchcxt);
+		head = CqrsMaxPosition(events, GetLatestSnapshot());
+
+		/*
+		 * Near enough; or not getting nearer (appends outpace the handler),
+		 * when going on would never end.
+		 */
+		if (head - p->position <= near || head - p->position >= left)
+			break;
+		left = head - p->position;
+	}
+	MemoryContextDelete(batchcxt);
+	table_close(events, NoLock);
+	return p->position;
 }
 
 /* ----------------------------------------------------------------
@@ -593,6 +684,328 @@ try_apply(CqrsProjection *p, Tuplestorestate *store, TupleDesc desc, CqrsSkipSet
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+/* ----------------------------------------------------------------
+ * Sync projections catching up (cqrs.replay(name, concurrently => true))
+ * ----------------------------------------------------------------
+ *
+ * A sync projection in state 'catching up' is left alone by appends and
+ * brought back by its appliers, as a deferred one is, one step per call of
+ * CqrsApplyBatch, each step a transaction of the worker's (or a part of
+ * process_projections' transaction):
+ *
+ *	rebuild		its checkpoint is 0: the tables still hold what they held
+ *				when the replay was asked for.  Empty them (DELETE) and apply
+ *				every event up to the safe position, in one transaction, as
+ *				a deferred replay does: readers see the old rows until it
+ *				commits.  The checkpoint is then the safe position.
+ *	batch		further than CQRS_CATCH_UP_NEAR from the head: a batch up to
+ *				the safe position, as for a deferred projection.
+ *	switch		near the head: take ShareLock on cqrs.projections (which
+ *				waits for the appends in flight and holds new ones, see
+ *				projection.c), apply the last stretch up to the head, exact
+ *				under the lock, and mark the projection running: appends
+ *				apply it from the next position on.  The lock is waited for
+ *				at most CQRS_SWITCH_LOCK_TIMEOUT ms, which bounds what new
+ *				appends wait behind it when an old append stays open; the
+ *				step is then tried again later.
+ *
+ * A handler error in a rebuild or a batch fails the projection as for a
+ * deferred one (the rebuild is rolled back whole, the tables keep their
+ * old rows and the checkpoint stays 0); resume_projection then puts it
+ * back to catching up.  Every step commits with its checkpoint, so a crash
+ * leaves a state the worker goes on from after restart.
+ */
+
+/* positions from the head at which a catching-up projection switches */
+#define CQRS_CATCH_UP_NEAR ((int64) cqrs_batch_size)
+/* longest wait for the ShareLock of the switch, in ms */
+#define CQRS_SWITCH_LOCK_TIMEOUT 200
+
+/*
+ * CqrsRebuildEmpty
+ *		Empty a rebuild target's tables, as its owner: DELETE, not TRUNCATE,
+ *		so that readers keep seeing the old rows until the caller commits.
+ */
+void
+CqrsRebuildEmpty(const CqrsRebuildTarget *t)
+{
+	CqrsOwnerScope scope;
+
+	CqrsSPIConnect();
+	CqrsOwnerScopeEnter(t->owner, CQRS_INTERNAL_SEARCH_PATH, &scope);
+	for (int i = 0; i < t->ntables; i++)
+	{
+		char	   *sql = psprintf("DELETE FROM %s", CqrsQualifiedName(t->tables[i]));
+		int			rc = SPI_execute(sql, false, 0);
+
+		if (rc != SPI_OK_DELETE)
+			elog(ERROR, "pg_cqrs: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
+	}
+	CqrsOwnerScopeLeave(&scope);
+	SPI_finish();
+}
+
+/*
+ * CqrsRebuildTables
+ *		Empty a projection's tables and apply every event up to upto, in the
+ *		caller's transaction, and establish their digests from the result
+ *		(one scan each, cheaper than counting every write).  The caller holds
+ *		the projection still (CqrsRebuildLock, or its row locked) and moves
+ *		its checkpoint.  Returns the number of events applied.
+ */
+int64
+CqrsRebuildTables(const CqrsRebuildTarget *t, int64 upto)
+{
+	int64		applied;
+
+	for (int i = 0; i < t->ntables && t->digest; i++)
+	{
+		CqrsDigestAttach(t->tables[i]);
+		CqrsDigestSuspend(t->tables[i]);
+	}
+	CqrsRebuildEmpty(t);
+	applied = CqrsRebuildApply(t->name, upto);
+	for (int i = 0; i < t->ntables && t->digest; i++)
+		CqrsDigestResume(t->tables[i]);
+	CommandCounterIncrement();
+	if (t->digest && CqrsDigestsInstalled())
+	{
+		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+		CqrsBuckets *digest = palloc(sizeof(CqrsBuckets));
+
+		for (int i = 0; i < t->ntables; i++)
+		{
+			CqrsScanBuckets(t->tables[i], snapshot, digest, NULL, NULL, NULL);
+			CqrsDigestSet(t->name, t->tables[i], digest);
+		}
+		UnregisterSnapshot(snapshot);
+		pfree(digest);
+	}
+	return applied;
+}
+
+static void describe(CqrsProjection *p, CqrsRebuildTarget *t);
+
+/*
+ * The rebuild step, in a subtransaction: true on success with *applied;
+ * on an error, rolled back whole, false with the failing position and
+ * message.
+ */
+static bool
+try_rebuild(CqrsProjection *p, int64 upto, int64 *applied,
+			int64 *fail_position, char **fail_message)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool ok = true;
+	CqrsRebuildTarget t;
+
+	describe(p, &t);
+	attempted_position = 0;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		*applied = CqrsRebuildTables(&t, upto);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		*fail_position = attempted_position;
+		*fail_message = edata->message ? edata->message : "unknown error";
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * ShareLock on cqrs.projections, waiting at most CQRS_SWITCH_LOCK_TIMEOUT
+ * ms (lock_timeout, in a subtransaction whose locks the caller keeps on
+ * success); false when it timed out.  Other errors (deadlock) are raised.
+ */
+static bool
+switch_lock(void)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	int			save_timeout = LockTimeout;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		if (LockTimeout <= 0 || LockTimeout > CQRS_SWITCH_LOCK_TIMEOUT)
+			LockTimeout = CQRS_SWITCH_LOCK_TIMEOUT;
+		(void) CqrsLockProjections(ShareLock);
+		LockTimeout = save_timeout;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		LockTimeout = save_timeout;
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* Mark a catching-up projection failed at fail_position, checkpoint before. */
+static void
+catch_up_failed(CqrsProjection *p, int64 before, int64 fail_position, char *fail_message,
+				CqrsBatchResult *result)
+{
+	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
+	Datum		values[3];
+
+	values[0] = Int64GetDatum(before);
+	values[1] = Int64GetDatum(fail_position);
+	values[2] = CStringGetTextDatum(fail_message);
+	CqrsProjectionUpdate(p->name, "state = 'failed', \"position\" = $2, error_position = $3, last_error = $4",
+						 3, types, values, NULL);
+	result->state = 'f';
+	result->position = before;
+	result->failed = true;
+}
+
+/*
+ * One step of a catching-up sync projection (see above); its row is locked.
+ * result->state is 'c' while it is still catching up (examined says whether
+ * the step found anything to do), 'r' once switched, 'f' on failure.
+ */
+static void
+catch_up_step(CqrsProjection *p, int64 limit, CqrsBatchResult *result)
+{
+	Relation	events = CqrsOpenEventLog(AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(events);
+	int64		safe = CqrsSafePosition(events);
+	int64		head;
+	int64		applied = 0;
+	int64		fail_position = 0;
+	char	   *fail_message = NULL;
+	Tuplestorestate *store;
+	int64		last;
+	CqrsEventFilter fbuf;
+
+	result->safe = safe;
+	if (p->position == 0)
+	{
+		/* rebuild: the whole history up to the safe position, at once */
+		if (try_rebuild(p, safe, &applied, &fail_position, &fail_message))
+		{
+			CqrsSetCheckpoint(p->name, safe);
+			result->examined = Max(applied, 1);
+			result->applied = applied;
+			result->position = safe;
+		}
+		else
+			catch_up_failed(p, 0, fail_position, fail_message, result);
+		table_close(events, NoLock);
+		return;
+	}
+
+	head = CqrsMaxPosition(events, GetLatestSnapshot());
+	if (head - p->position > CQRS_CATCH_UP_NEAR)
+	{
+		/* a batch, as for a deferred projection */
+		if (safe > p->position)
+		{
+			store = tuplestore_begin_heap(false, false, work_mem);
+			result->examined = CqrsCollectEvents(events, projection_filter(p, &fbuf), p->position,
+												 safe, limit, store, &last);
+			if (result->examined < limit)
+				last = safe;
+			if (try_apply(p, store, desc, NULL, PG_INT64_MAX, &applied, &fail_position, &fail_message))
+			{
+				CqrsSetCheckpoint(p->name, last);
+				result->applied = applied;
+				result->position = last;
+			}
+			else
+			{
+				int64		before = p->position;
+				int64		ignored_position;
+				char	   *ignored_message;
+
+				if (try_apply(p, store, desc, NULL, fail_position, &applied,
+							  &ignored_position, &ignored_message))
+				{
+					before = fail_position - 1;
+					result->applied = applied;
+				}
+				catch_up_failed(p, before, fail_position, fail_message, result);
+			}
+			tuplestore_end(store);
+		}
+		table_close(events, NoLock);
+		return;
+	}
+
+	/* the switch: appends wait from here to our commit */
+	if (!switch_lock())
+	{
+		table_close(events, NoLock);
+		return;					/* still 'c', nothing examined: later */
+	}
+	head = CqrsMaxPosition(events, GetLatestSnapshot());
+	store = tuplestore_begin_heap(false, false, work_mem);
+	result->examined = CqrsCollectEvents(events, projection_filter(p, &fbuf), p->position,
+										 head, PG_INT64_MAX, store, &last);
+	if (try_apply(p, store, desc, NULL, PG_INT64_MAX, &applied, &fail_position, &fail_message))
+	{
+		Oid			types[1] = {INT8OID};
+		Datum		values[1];
+
+		values[0] = Int64GetDatum(head);
+		CqrsProjectionUpdate(p->name, "state = 'running', \"position\" = $2, last_error = NULL, error_position = NULL",
+							 1, types, values, NULL);
+		CqrsProjectionsChanged(CqrsEventLog()->projections);
+		result->state = 'r';
+		result->applied = applied;
+		result->position = head;
+		result->examined = Max(result->examined, 1);
+	}
+	else
+	{
+		int64		before = p->position;
+		int64		ignored_position;
+		char	   *ignored_message;
+
+		if (try_apply(p, store, desc, NULL, fail_position, &applied,
+					  &ignored_position, &ignored_message))
+		{
+			before = fail_position - 1;
+			result->applied = applied;
+		}
+		catch_up_failed(p, before, fail_position, fail_message, result);
+	}
+	tuplestore_end(store);
+	table_close(events, NoLock);
 }
 
 /*
@@ -665,6 +1078,11 @@ CqrsApplyBatch(const char *name, int64 limit, bool nowait, CqrsBatchResult *resu
 	p = linitial(l);
 	result->state = p->state;
 	result->position = p->position;
+	if (p->sync && p->state == 'c')
+	{
+		catch_up_step(p, limit, result);
+		return;
+	}
 	if (p->sync || p->state != 'r')
 		return;
 

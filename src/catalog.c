@@ -266,6 +266,8 @@ resolve_handler(const char *signature)
 /* digest came with 0.3.0: before ALTER EXTENSION UPDATE, every projection has one */
 #define PROJECTION_COLUMNS \
 	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\", tables::pg_catalog.oid[], %s"
+#define PROJECTION_COLUMNS_DRAFT \
+	"name, handler, owner::pg_catalog.oid, mode, categories, types, search_path, state, \"position\", tables::pg_catalog.oid[], digest"
 
 /*
  * Build a CqrsProjection from a row of PROJECTION_COLUMNS, in the current
@@ -406,6 +408,34 @@ CqrsProjectionGet(const char *name, bool for_update)
 }
 
 /*
+ * CqrsProjectionDraft
+ *		A projection not yet in the catalog, as CqrsProjectionGet would return
+ *		it once inserted with these values (the nine of create_projection's
+ *		INSERT: name, handler signature, owner, mode, tables, categories,
+ *		types, search_path, digest), running at position 0.  For an online
+ *		catch-up, which applies history before the row is inserted (see
+ *		projection.c).  SPI connected; the result is in the caller's context.
+ */
+CqrsProjection *
+CqrsProjectionDraft(Oid *argtypes, Datum *values, const char *nulls)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	CqrsProjection *p;
+	int			rc;
+
+	rc = CqrsCatalogExecute("SELECT " PROJECTION_COLUMNS_DRAFT " FROM (SELECT $1 AS name, $2 AS handler,"
+							" $3::pg_catalog.regrole AS owner, $4 AS mode, $5 AS tables,"
+							" $6 AS categories, $7 AS types, $8 AS search_path, $9 AS digest,"
+							" 'running'::pg_catalog.text AS state, 0::pg_catalog.int8 AS \"position\") AS projections",
+							9, argtypes, values, nulls, true);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "pg_cqrs: describing a new projection failed: %s", SPI_result_code_string(rc));
+	MemoryContextSwitchTo(callercxt);
+	p = projection_from_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
+	return p;
+}
+
+/*
  * CqrsProjectionUpdate
  *		UPDATE a projection's row: set is the SET list, whose parameters are
  *		$2 onwards ($1 is the name).  Also sets updated_at.
@@ -517,7 +547,8 @@ CqrsSyncProjections(Oid relid)
 
 /*
  * CqrsRunningDeferredNames
- *		The names of the running deferred projections, sorted, allocated in
+ *		The names of the running deferred projections and of the sync ones
+ *		catching up (apply.c), sorted, allocated in
  *		cxt: what the worker applies.  Reads as the caller, with the
  *		transaction snapshot; the caller holds a lock on cqrs.projections.
  */
@@ -532,8 +563,9 @@ CqrsRunningDeferredNames(MemoryContext cxt)
 	CqrsSPIConnect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rc = SPI_execute("SELECT name FROM cqrs.projections"
-					 " WHERE mode OPERATOR(pg_catalog.=) 'deferred'"
-					 " AND state OPERATOR(pg_catalog.=) 'running' ORDER BY name",
+					 " WHERE (mode OPERATOR(pg_catalog.=) 'deferred'"
+					 " AND state OPERATOR(pg_catalog.=) 'running')"
+					 " OR state OPERATOR(pg_catalog.=) 'catching up' ORDER BY name",
 					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_cqrs: listing projections failed: %s", SPI_result_code_string(rc));

@@ -262,7 +262,7 @@ typedef struct CqrsProjection
 	Oid			handler;
 	Oid			owner;
 	bool		sync;
-	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
+	char		state;			/* 'r'unning, 'p'aused, 'f'ailed, 'c'atching up */
 	int64		position;
 	char	   *search_path;
 	int			ncategories;
@@ -303,6 +303,7 @@ extern int	CqrsCatalogExecute(const char *sql, int nargs, Oid *argtypes, Datum *
 							   const char *nulls, bool read_only);
 extern List *CqrsProjectionsQuery(const char *where, const char *name, CqrsRowLock rowlock);
 extern CqrsProjection *CqrsProjectionGet(const char *name, bool for_update);
+extern CqrsProjection *CqrsProjectionDraft(Oid *argtypes, Datum *values, const char *nulls);
 extern void CqrsProjectionUpdate(const char *name, const char *set, int nargs,
 								 Oid *argtypes, Datum *values, const char *nulls);
 extern void CqrsSetCheckpoint(const char *name, int64 position);
@@ -406,7 +407,7 @@ typedef struct CqrsRebuildTarget
 {
 	char	   *name;
 	bool		sync;
-	char		state;			/* 'r'unning, 'p'aused, 'f'ailed */
+	char		state;			/* 'r'unning, 'p'aused, 'f'ailed, 'c'atching up */
 	int64		position;		/* its checkpoint (a running sync: the head) */
 	Oid			owner;
 	char	   *search_path;
@@ -424,11 +425,14 @@ extern int64 CqrsCollectEvents(Relation events, const CqrsEventFilter *filter, i
 							   int64 upto, int64 limit, struct Tuplestorestate *store,
 							   int64 *last);
 extern int64 CqrsSyncCatchUp(CqrsProjection *p);
+extern int64 CqrsSyncCatchUpOnline(CqrsProjection *p, int64 near);
 extern void CqrsApplyBatch(const char *name, int64 limit, bool nowait,
 						   CqrsBatchResult *result);
 extern void CqrsRebuildLock(const char *name, CqrsRebuildTarget *target);
 extern void CqrsRebuildDescribe(const char *name, CqrsRebuildTarget *target);
 extern int64 CqrsRebuildApply(const char *name, int64 upto);
+extern void CqrsRebuildEmpty(const CqrsRebuildTarget *t);
+extern int64 CqrsRebuildTables(const CqrsRebuildTarget *t, int64 upto);
 extern void CqrsRebuildFinish(const CqrsRebuildTarget *target, int64 position);
 
 /* event_input.c */

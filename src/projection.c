@@ -31,6 +31,30 @@
  * dropped on a relcache invalidation of cqrs.projections, which the
  * lifecycle functions send.
  *
+ * Online catch-up.  A new sync projection must first apply the history
+ * already in the log, which on a long log takes minutes; holding ShareLock
+ * meanwhile would stop every append for as long.  So create_projection
+ * works as CREATE INDEX CONCURRENTLY does, in the caller's transaction:
+ * first, holding nothing appends wait for, it applies every event up to
+ * the safe position (horizon.c: everything at or below it is final), batch
+ * by batch, each with a fresh snapshot, and again while the safe position
+ * moves on; only then does it take ShareLock, apply the last stretch up to
+ * the head, exact under the lock, and insert the catalog row.  Appends
+ * that were waiting for the lock then see the projection and apply it from
+ * the next position on: no event is missed or applied twice.  The catalog
+ * row is inserted only under the lock, so nothing before it shows a
+ * half-built projection, and an error or a crash leaves nothing behind.
+ * The ShareLock lasts to the end of the caller's transaction, which should
+ * therefore be create_projection alone.  A REPEATABLE READ or SERIALIZABLE
+ * transaction, or a server without the horizon (pg_cqrs not preloaded),
+ * takes the lock first and catches up under it, as before 0.7.0: with a
+ * fixed snapshot the handler's own queries would not see the latest state
+ * of what they read, which appends always show them.
+ *
+ * Size.  The lifecycle functions share the argument checks, the locking
+ * protocol above and the catalog updates; the file is one concept, the
+ * life of a projection, and splitting it would only export its helpers.
+ *
  * Security.  Handlers run as the projection's owner (its creator) with
  * SECURITY_RESTRICTED_OPERATION and the search_path that was in effect when
  * the projection was created, never as whoever appended (scope.c).
@@ -76,6 +100,12 @@
 
 #include "compat.h"
 #include "pg_cqrs.h"
+
+/*
+ * An online catch-up takes ShareLock once the stretch left to the head is
+ * at most this many positions: what appends then wait for.
+ */
+#define CQRS_ONLINE_NEAR ((int64) cqrs_batch_size)
 
 /* How often wait_for_projection looks on a hot standby, in ms. */
 #define CQRS_STANDBY_POLL_MS 10
@@ -279,12 +309,42 @@ check_tables_unowned(const char *name, ArrayType *tables)
 }
 
 /*
+ * Whether create_projection can catch a sync projection up online: at READ
+ * COMMITTED (each batch must read with a fresh snapshot, and the handler's
+ * own queries see the latest committed state, as they do on appends), and
+ * with the horizon in shared memory (the safe position).  Otherwise it
+ * takes ShareLock first and catches up under it, as before 0.7.0.
+ */
+static bool
+online_catch_up_possible(void)
+{
+	return !IsolationUsesXactSnapshot() && CqrsHorizonAvailable();
+}
+
+/* The digest trigger on each read table, and an empty digest to count into. */
+static void
+attach_digests(CqrsProjection *p)
+{
+	for (int i = 0; i < p->ntables && p->digest; i++)
+	{
+		CqrsDigestAttach(p->tables[i]);
+		CqrsDigestSet(p->name, p->tables[i], NULL);
+	}
+}
+
+/*
  * cqrs.create_projection(name text, handler regproc, mode text,
  *						  tables regclass[], categories text[], types text[])
  *	  RETURNS void
  *
  * A sync projection catches up on history here, in the caller's
- * transaction; a deferred one is caught up by the worker after commit.
+ * transaction: online where it can (online_catch_up_possible), in two
+ * phases.  First, without blocking appends, everything up to the safe
+ * position (CqrsSyncCatchUpOnline); then, under ShareLock, the short rest
+ * up to the head, and the catalog row, so that the next append applies the
+ * projection itself, exactly from there.  The ShareLock is held until the
+ * caller's transaction ends: run create_projection in a transaction of its
+ * own.  A deferred one is caught up by the worker after commit.
  */
 Datum
 cqrs_create_projection(PG_FUNCTION_ARGS)
@@ -299,6 +359,8 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	CqrsProjection *p;
 	int			rc;
 	bool		digest = true;
+	bool		online;
+	int64		phase1 = 0;
 	Oid			argtypes[9] = {TEXTOID, TEXTOID, OIDOID, TEXTOID, REGCLASSARRAYOID,
 	TEXTARRAYOID, TEXTARRAYOID, TEXTOID, BOOLOID};
 	Datum		values[9];
@@ -336,15 +398,6 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	owner = check_handler(handler);
 	check_tables(tables, owner);
 
-	/* Sync: no append may hold a position while we look at the head. */
-	relid = CqrsLockProjections(sync ? ShareLock : RowExclusiveLock);
-
-	CqrsSPIConnect();
-	if (CqrsProjectionsQuery("true", name, CQRS_ROWS_UNLOCKED) != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("projection \"%s\" already exists", name)));
-
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(format_procedure_qualified(handler));
 	values[2] = ObjectIdGetDatum(owner);
@@ -356,6 +409,36 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 	nulls[6] = PG_ARGISNULL(5) ? 'n' : ' ';
 	values[7] = CStringGetTextDatum(GetConfigOption("search_path", false, false));
 	values[8] = BoolGetDatum(digest);
+
+	/*
+	 * Sync, first phase: history up to the safe position, appends going on
+	 * (see "Online catch-up" above).  The checks are made again under the
+	 * lock; these only spare a long catch-up that would fail at its end.
+	 */
+	online = sync && online_catch_up_possible();
+	if (online)
+	{
+		CqrsSPIConnect();
+		if (CqrsProjectionsQuery("true", name, CQRS_ROWS_UNLOCKED) != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("projection \"%s\" already exists", name)));
+		check_tables_unowned(name, tables);
+		p = CqrsProjectionDraft(argtypes, values, nulls);
+		attach_digests(p);
+		phase1 = CqrsSyncCatchUpOnline(p, CQRS_ONLINE_NEAR);
+		SPI_finish();
+	}
+
+	/* Sync: no append may hold a position while we look at the head. */
+	relid = CqrsLockProjections(sync ? ShareLock : RowExclusiveLock);
+
+	CqrsSPIConnect();
+	if (CqrsProjectionsQuery("true", name, CQRS_ROWS_UNLOCKED) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("projection \"%s\" already exists", name)));
+
 	if (CqrsDigestsInstalled())
 		rc = CqrsCatalogExecute("INSERT INTO cqrs.projections"
 								" (name, handler, owner, mode, tables, categories, types, search_path, digest)"
@@ -371,11 +454,10 @@ cqrs_create_projection(PG_FUNCTION_ARGS)
 
 	check_tables_unowned(name, tables);
 	p = CqrsProjectionGet(name, false);
-	for (int i = 0; i < p->ntables && p->digest; i++)
-	{
-		CqrsDigestAttach(p->tables[i]);
-		CqrsDigestSet(name, p->tables[i], NULL);
-	}
+	if (online)
+		p->position = phase1;	/* the digests already count it */
+	else
+		attach_digests(p);
 
 	if (sync)
 		CqrsSetCheckpoint(name, CqrsSyncCatchUp(p));
@@ -453,6 +535,12 @@ cqrs_pause_projection(PG_FUNCTION_ARGS)
 	relid = CqrsLockProjections(ShareLock);
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, true);
+	if (p->state == 'c')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("projection \"%s\" is catching up", name),
+				 errdetail("Its tables may still hold what they held before cqrs.replay(name, concurrently => true)."),
+				 errhint("Wait for it with cqrs.wait_for_projection(), or drop it.")));
 	if (p->state != 'p')
 	{
 		if (p->sync && p->state == 'r')
@@ -490,7 +578,17 @@ cqrs_resume_projection(PG_FUNCTION_ARGS)
 	relid = CqrsLockProjections(ShareLock);
 	CqrsSPIConnect();
 	p = CqrsProjectionGet(name, true);
-	if (p->state != 'r')
+	if (p->sync && p->state == 'f')
+	{
+		/*
+		 * A sync projection fails only while catching up (apply.c), maybe
+		 * with its tables not yet rebuilt: it goes on catching up.
+		 */
+		CqrsProjectionUpdate(name, "state = 'catching up', last_error = NULL, error_position = NULL",
+							 0, NULL, NULL, NULL);
+		CqrsWakeAppliers();
+	}
+	else if (p->state != 'r' && p->state != 'c')
 	{
 		CqrsProjectionUpdate(name, "state = 'running', last_error = NULL, error_position = NULL",
 							 0, NULL, NULL, NULL);
@@ -579,7 +677,8 @@ cqrs_skip_event(PG_FUNCTION_ARGS)
  *
  * Apply, in the caller's transaction, every event committed before the call
  * to the running deferred projections the caller may administer (or the
- * one named, which it must), handing at most
+ * one named, which it must), and bring the sync ones catching up back to
+ * in-append application (see apply.c), handing at most
  * max_events events to handlers in all.  (A batch examines no more events
  * than the budget left, so it cannot overshoot.)  Waits for a batch another applier is running, and for
  * appends in flight below the events to apply.  Returns events applied.
@@ -614,7 +713,8 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 	table_close(events, NoLock);
 
 	CqrsSPIConnect();
-	projections = CqrsProjectionsQuery("mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running'",
+	projections = CqrsProjectionsQuery("((mode OPERATOR(pg_catalog.=) 'deferred' AND state OPERATOR(pg_catalog.=) 'running')"
+									   " OR state OPERATOR(pg_catalog.=) 'catching up')",
 									   only, CQRS_ROWS_UNLOCKED);
 	if (only != NULL && projections == NIL)
 		(void) CqrsProjectionGet(only, false); /* error if it does not exist */
@@ -634,7 +734,21 @@ cqrs_process_projections(PG_FUNCTION_ARGS)
 			CqrsApplyBatch(p->name, Min(budget, (int64) cqrs_batch_size), false, &r);
 			total += r.applied;
 			budget -= r.applied;
-			if (r.state != 'r' || r.position >= target)
+			/* a sync one catching up is done once switched back (apply.c) */
+			if (r.state == 'c' && r.examined == 0 && r.safe >= target)
+			{
+				/* the switch's lock timed out: look again shortly */
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 10, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				continue;
+			}
+			if (r.state == 'c')
+			{
+				if (r.examined > 0)
+					continue;
+			}
+			else if (r.state != 'r' || p->sync || r.position >= target)
 				break;
 			if (r.examined == 0)
 			{

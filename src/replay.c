@@ -78,6 +78,7 @@
 #include "pg_cqrs.h"
 
 PG_FUNCTION_INFO_V1(cqrs_replay);
+PG_FUNCTION_INFO_V1(cqrs_replay_concurrently);
 PG_FUNCTION_INFO_V1(cqrs_reconcile);
 PG_FUNCTION_INFO_V1(cqrs_verify);
 
@@ -139,27 +140,6 @@ require_tables(const CqrsRebuildTarget *t)
 					 errhint("Drop the projection and create it again.")));
 }
 
-/* Empty the projection's tables, as its owner: DELETE, not TRUNCATE. */
-static void
-empty_tables(const CqrsRebuildTarget *t)
-{
-	CqrsOwnerScope scope;
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "pg_cqrs: SPI_connect failed");
-	CqrsOwnerScopeEnter(t->owner, CQRS_INTERNAL_SEARCH_PATH, &scope);
-	for (int i = 0; i < t->ntables; i++)
-	{
-		char	   *sql = psprintf("DELETE FROM %s", CqrsQualifiedName(t->tables[i]));
-		int			rc = SPI_execute(sql, false, 0);
-
-		if (rc != SPI_OK_DELETE)
-			elog(ERROR, "pg_cqrs: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
-	}
-	CqrsOwnerScopeLeave(&scope);
-	SPI_finish();
-}
-
 /* ----------------------------------------------------------------
  * cqrs.replay
  * ----------------------------------------------------------------
@@ -203,32 +183,66 @@ cqrs_replay(PG_FUNCTION_ARGS)
 
 	/*
 	 * The digest is computed from the rebuilt tables, in one scan each,
-	 * rather than counted write by write.
+	 * rather than counted write by write (CqrsRebuildTables).
 	 */
-	for (int i = 0; i < t.ntables && t.digest; i++)
-	{
-		CqrsDigestAttach(t.tables[i]);
-		CqrsDigestSuspend(t.tables[i]);
-	}
-	empty_tables(&t);
-	applied = CqrsRebuildApply(name, upto);
-	for (int i = 0; i < t.ntables && t.digest; i++)
-		CqrsDigestResume(t.tables[i]);
-	CommandCounterIncrement();
-	if (t.digest && CqrsDigestsInstalled())
-	{
-		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-		CqrsBuckets *digest = palloc(sizeof(CqrsBuckets));
-
-		for (int i = 0; i < t.ntables; i++)
-		{
-			CqrsScanBuckets(t.tables[i], snapshot, digest, NULL, NULL, NULL);
-			CqrsDigestSet(name, t.tables[i], digest);
-		}
-		UnregisterSnapshot(snapshot);
-	}
+	applied = CqrsRebuildTables(&t, upto);
 	CqrsRebuildFinish(&t, upto);
 	PG_RETURN_INT64(applied);
+}
+
+/*
+ * cqrs.replay(name text, concurrently boolean) RETURNS bigint
+ *
+ * With concurrently => false, cqrs.replay(name).  With true, for a sync
+ * projection: mark it 'catching up', under a brief ShareLock (the appends
+ * in flight finish first, so that from our commit on no append applies it)
+ * and return NULL.  Its appliers then rebuild it in one transaction and
+ * bring it back to in-append application (apply.c, "Sync projections
+ * catching up"); readers see the old rows until the rebuild commits, and
+ * appends are never held for longer than the two switches.  Asked again
+ * while it is catching up (or after it failed), the rebuild starts over.
+ * A deferred projection's replay never holds appends: it is replayed as
+ * by cqrs.replay(name), and the count returned.
+ */
+Datum
+cqrs_replay_concurrently(PG_FUNCTION_ARGS)
+{
+	char	   *name = CqrsProjectionNameArg(fcinfo, 0);
+	CqrsRebuildTarget t;
+	CqrsProjection *p;
+	Oid			relid;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("concurrently must not be null")));
+	if (!PG_GETARG_BOOL(1))
+		return cqrs_replay(fcinfo);
+	refuse_snapshot_isolation("cqrs.replay()");
+	CqrsRebuildDescribe(name, &t);	/* the owner's only, checked first */
+	if (!t.sync)
+		return cqrs_replay(fcinfo);
+	require_tables(&t);
+	CqrsRequireHorizon();
+
+	relid = CqrsLockProjections(ShareLock);
+	CqrsSPIConnect();
+	p = CqrsProjectionGet(name, true);
+	if (!p->sync)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("projection \"%s\" was replaced concurrently", name)));
+	if (p->state == 'p')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("projection \"%s\" is paused", name),
+				 errhint("Resume it first, or rebuild it up to where it paused with cqrs.replay(name).")));
+	CqrsProjectionUpdate(name, "state = 'catching up', \"position\" = 0, last_error = NULL, error_position = NULL",
+						 0, NULL, NULL, NULL);
+	SPI_finish();
+	CqrsProjectionsChanged(relid);
+	CqrsWakeAppliers();
+	PG_RETURN_NULL();
 }
 
 /* ----------------------------------------------------------------
@@ -706,7 +720,7 @@ compare(const CqrsRebuildTarget *t, Subxacts *subxacts, MemoryContext cxt,
 	subxact_begin(subxacts);
 	for (int i = 0; i < t->ntables; i++)
 		CqrsDigestSuspend(t->tables[i]);
-	empty_tables(t);
+	CqrsRebuildEmpty(t);
 	(void) CqrsRebuildApply(t->name, t->position);
 	CommandCounterIncrement();
 	after = RegisterSnapshot(GetLatestSnapshot());

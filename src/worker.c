@@ -455,7 +455,8 @@ cqrs_launcher_main(Datum main_arg)
 
 
 /*
- * The running deferred projections of our database, or NIL; sets
+ * The running deferred projections of our database, and the sync ones
+ * catching up (apply.c), or NIL; sets
  * *installed to whether the extension (with projections) is here at all,
  * and *busy when the catalog is locked (by DROP EXTENSION, say): the worker
  * never waits for a lock of the extension's (see CqrsApplyBatch).
@@ -502,7 +503,8 @@ worker_apply_one(const char *name, bool *worked)
 			PushActiveSnapshot(GetTransactionSnapshot());
 			pgstat_report_activity(STATE_RUNNING, name);
 			CqrsApplyBatch(name, cqrs_batch_size, true, &r);
-			more = r.state == 'r' && r.examined >= cqrs_batch_size;
+			more = (r.state == 'r' && r.examined >= cqrs_batch_size) ||
+				(r.state == 'c' && r.examined > 0);
 			if (r.examined > 0)
 				*worked = true;
 			SPI_finish();
