@@ -66,8 +66,7 @@
  * and the DELETE run as the caller, with search_path = pg_catalog,
  * pg_temp and every name qualified; the rule's row and the audit trail are
  * written as the catalog's owner.  With row-level security in force for
- * the caller a pass would move the rule's shared cursors past rows it
- * cannot see, so apply_retention refuses then.  The worker runs its
+ * the caller, all three refuse (see check_may_remove).  The worker runs its
  * passes as the log's owner: rules are the installation's policy, and
  * only a role that may DELETE from the log can set one.  Each batch that
  * removes something writes one audit row (operation 'retention').
@@ -146,6 +145,20 @@ check_may_remove(void)
 {
 	CqrsCheckEventLogPrivilege(ACL_DELETE);
 	CqrsCheckEventLogPrivilege(ACL_SELECT);
+
+	/*
+	 * A rule covers every stream of its category and the worker runs it as
+	 * the log's owner; a pass moves the rule's shared positions past every
+	 * row it scans.  Either would let a role whose policies limit what it
+	 * may see or delete remove other rows, so row-level security in force
+	 * for the caller is a refusal, not a filter.
+	 */
+	if (check_enable_rls(CqrsEventLog()->events, InvalidOid, true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("retention rules cannot be set or applied under row-level security on \"cqrs.events\""),
+				 errdetail("A rule removes events of every stream of its category, whatever the role's policies let it see."),
+				 errhint("Use a role that bypasses row-level security on the log.")));
 }
 
 /* The category argument: not NULL, not empty, without '-'. */
@@ -553,13 +566,11 @@ retention_batch(const char *category, bool skip_locked, int64 limit, int64 budge
 	if (!*found)
 		return 0;
 
-	/* a pass under row-level security would move the cursors past hidden rows */
+	/* the worker's own check (the SQL functions checked their caller) */
 	if (check_enable_rls(CqrsEventLog()->events, InvalidOid, true) == RLS_ENABLED)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("cannot apply retention rules under row-level security on \"cqrs.events\""),
-				 errdetail("A pass would move the rule's position past events the current role cannot see."),
-				 errhint("Run it as a role that bypasses row-level security, or let the pg_cqrs worker run it.")));
+				 errmsg("retention rules cannot be set or applied under row-level security on \"cqrs.events\"")));
 
 	/* the bound first; then a snapshot that shows every event below it */
 	bound = rule_bound(category);
