@@ -16,8 +16,8 @@
 #   BENCH_CLIENTS   client count of the concurrent workloads (default 8)
 #   BENCH_ONLY      which workload groups, comma-separated, of
 #                   single,multi,batch,race,nodurable,sync,deferred,lag,
-#                   capture,outbox,replay,reconcile,verify,import,relay
-#                                                     (default all)
+#                   capture,outbox,replay,reconcile,verify,import,relay,
+#                   retention                         (default all)
 #                   nodurable: append vs raw INSERT at BENCH_CLIENTS with
 #                   synchronous_commit = off for those runs only, pgbench
 #                   -M simple and -M prepared (the CPU cost of each side)
@@ -26,6 +26,10 @@
 #   BENCH_DEFERRED_EVENTS  events the deferred group catches up on (100000)
 #   BENCH_IMPORT_EVENTS    events the import group imports, 5 per stream
 #                                                     (default 200000)
+#   BENCH_RETENTION_EVENTS size of the retention group's log, 20 per stream
+#                                                     (default 1000000)
+#   BENCH_RETENTION_ROUNDS rounds of the retention group (default 3)
+#   BENCH_RETENTION_CLIENTS appending clients during its pass (default 4)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
 #   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
 #   BENCH_RELAY_EVENTS     backlog of the relay group: pg_cqrs_relay into
@@ -65,7 +69,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,retention}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -77,7 +81,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|retention) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -358,6 +362,8 @@ capture_side_check() {
 source "$BENCH_DIR/outbox.sh"
 # shellcheck source=bench/import.sh
 source "$BENCH_DIR/import.sh"
+# shellcheck source=bench/retention.sh
+source "$BENCH_DIR/retention.sh"
 # shellcheck source=bench/relay.sh
 source "$BENCH_DIR/relay.sh"
 
@@ -398,6 +404,7 @@ if [ -z "$BASELINE_ONLY" ]; then
 	want relay && run_relay_group
 fi
 want import && run_import_group
+want retention && [ -z "$BASELINE_ONLY" ] && run_retention_group
 elapsed=$(($(date +%s) - start))
 
 #
@@ -477,6 +484,7 @@ if want nodurable; then
 		nodurable_prepared/append nodurable_prepared/raw tps 0.90
 fi
 want import && print_import_row
+want retention && [ -z "$BASELINE_ONLY" ] && print_retention_rows
 
 if want race; then
 	echo
