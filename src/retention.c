@@ -390,9 +390,13 @@ scan_new_events(const RetentionRule *rule, int64 bound, int64 limit, int64 budge
 		}
 		if (!isnull)
 		{
-			if (victims->n >= budget)
+			/*
+			 * This scanned event's victims do not all fit: leave it to the
+			 * next batch, unless it is the first (a batch always gets past
+			 * one event, or a budget of 1 and two victims would never move).
+			 */
+			if (victims->n >= budget && scanned > 1)
 			{
-				/* this scanned event's victims do not all fit: leave it */
 				victims->n = group_start;
 				cut = true;
 				break;
@@ -488,7 +492,7 @@ scan_aged_events(const RetentionRule *rule, int64 bound, int64 limit, int64 budg
  * stream is in the log (never a head), through the log's guard.
  */
 static int64
-delete_victims(Victims *victims)
+delete_victims(Victims *victims, Snapshot snapshot)
 {
 	static const char *sql =
 		"DELETE FROM cqrs.events d"
@@ -515,7 +519,8 @@ delete_victims(Victims *victims)
 	PG_TRY();
 	{
 		CqrsAllowLogRewrite();
-		rc = SPI_execute_plan(plan, values, NULL, false, 0);
+		rc = SPI_execute_snapshot(plan, values, NULL, snapshot, InvalidSnapshot,
+								  false, true, 0);
 	}
 	PG_FINALLY();
 	{
@@ -585,7 +590,6 @@ retention_batch(const char *category, bool skip_locked, int64 limit, int64 budge
 		more_age = scan_aged_events(&rule, bound, limit, budget, snapshot, &victims, &age_to);
 	else if (rule.has_age && rule.age_position < bound)
 		more_age = true;
-	UnregisterSnapshot(snapshot);
 
 	/* the two scans may name one event twice */
 	if (victims.n > 1)
@@ -598,7 +602,13 @@ retention_batch(const char *category, bool skip_locked, int64 limit, int64 budge
 				victims.positions[n++] = victims.positions[i];
 		victims.n = n;
 	}
-	removed = delete_victims(&victims);
+	/*
+	 * Delete with the scans' snapshot, not the transaction's: in a
+	 * REPEATABLE READ caller, the latter may not show events the scans
+	 * found, which the rule's positions are about to pass.
+	 */
+	removed = delete_victims(&victims, snapshot);
+	UnregisterSnapshot(snapshot);
 	CqrsRestoreSearchPath(save_nestlevel);
 
 	if (removed > 0)
@@ -796,6 +806,8 @@ cqrs_drop_retention(PG_FUNCTION_ARGS)
  * transaction and as the caller, in batches of cqrs.retention_batch_size
  * events, until the rules have nothing more to remove up to the bound or
  * max_events events have been removed; returns how many were removed.
+ * A batch never stops halfway through what one scanned event frees, so
+ * with both limits set a call may remove one event more than max_events.
  * Waits for a batch the worker is running on the same rule.
  */
 Datum
