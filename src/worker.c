@@ -45,8 +45,9 @@
  *
  * The table of which worker serves which database, the idle exits, the
  * launcher's wake set and whether it waits for a slot live in wakeup.c's
- * shared memory.  This file calls down into apply.c, catalog.c, horizon.c,
- * eventlog.c and wakeup.c; only _PG_init calls it.
+ * shared memory.  This file calls down into retention.c (one entry point),
+ * apply.c, catalog.c, horizon.c, eventlog.c and wakeup.c; only _PG_init
+ * calls it.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
