@@ -38,6 +38,7 @@ OBJS = \
 	src/apply.o \
 	src/projection.o \
 	src/worker.o \
+	src/retention.o \
 	src/rowhash.o \
 	src/digest.o \
 	src/replay.o \

@@ -17,7 +17,8 @@
 #   BENCH_ONLY      which workload groups, comma-separated, of
 #                   single,multi,batch,race,nodurable,sync,deferred,lag,
 #                   capture,outbox,replay,reconcile,verify,import,relay,
-#                   lifecycle,filtered,append_filter_index,online_sync
+#                   lifecycle,filtered,append_filter_index,online_sync,
+#                   retention
 #                                                     (default all)
 #                   filtered: read_all and a deferred projection on a rare
 #                   category, with the filter indexes vs without them
@@ -36,6 +37,10 @@
 #   BENCH_FILTERED_EVENTS  size of the filtered group's log (1000000)
 #   BENCH_IMPORT_EVENTS    events the import group imports, 5 per stream
 #                                                     (default 200000)
+#   BENCH_RETENTION_EVENTS size of the retention group's log, 20 per stream
+#                                                     (default 1000000)
+#   BENCH_RETENTION_ROUNDS rounds of the retention group (default 3)
+#   BENCH_RETENTION_CLIENTS appending clients during its pass (default 4)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
 #   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
 #   BENCH_RELAY_EVENTS     backlog of the relay group: pg_cqrs_relay into
@@ -78,7 +83,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle,filtered,append_filter_index,online_sync}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle,filtered,append_filter_index,online_sync,retention}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -90,7 +95,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle|filtered|append_filter_index|online_sync) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle|filtered|append_filter_index|online_sync|retention) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -374,6 +379,8 @@ capture_side_check() {
 source "$BENCH_DIR/outbox.sh"
 # shellcheck source=bench/import.sh
 source "$BENCH_DIR/import.sh"
+# shellcheck source=bench/retention.sh
+source "$BENCH_DIR/retention.sh"
 # shellcheck source=bench/relay.sh
 source "$BENCH_DIR/relay.sh"
 # shellcheck source=bench/lifecycle.sh
@@ -429,6 +436,7 @@ if want append_filter_index; then
 	[ -z "$BASELINE_ONLY" ] && run_filter_wal
 fi
 [ -z "$BASELINE_ONLY" ] && want filtered && run_filtered_group
+want retention && [ -z "$BASELINE_ONLY" ] && run_retention_group
 elapsed=$(($(date +%s) - start))
 
 #
@@ -511,6 +519,7 @@ want import && print_import_row
 [ -z "$BASELINE_ONLY" ] && want lifecycle && print_lifecycle_rows
 want append_filter_index && print_append_filter_rows
 [ -z "$BASELINE_ONLY" ] && want filtered && print_filtered_rows
+want retention && [ -z "$BASELINE_ONLY" ] && print_retention_rows
 
 if want race; then
 	echo

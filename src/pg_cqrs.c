@@ -61,6 +61,12 @@ int			cqrs_max_causation_depth = 100;
  */
 int			cqrs_lifecycle_idle_timeout = 10000;
 
+/* cqrs.retention_batch_size: events a retention batch looks at per scan */
+int			cqrs_retention_batch_size = 1000;
+
+/* cqrs.retention_naptime: time between the worker's retention passes, ms */
+int			cqrs_retention_naptime = 60 * 1000;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -152,6 +158,29 @@ _PG_init(void)
 							PGC_POSTMASTER,
 							0,
 							check_wal_rmgr_id, NULL, NULL);
+
+	DefineCustomIntVariable("cqrs.retention_batch_size",
+							"Events of a category a retention batch looks at, and most events it removes.",
+							"Each batch is one transaction of the worker, with its audit row and the rule's new position.",
+							&cqrs_retention_batch_size,
+							1000,
+							1,
+							1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("cqrs.retention_naptime",
+							"Time between the starts of the pg_cqrs worker's retention passes.",
+							"A pass runs batches until no rule has anything left to remove, then waits this long. "
+							"Zero turns the worker's passes off: rules then run only when cqrs.apply_retention is called.",
+							&cqrs_retention_naptime,
+							60 * 1000,
+							0,
+							PG_INT32_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("cqrs");
 

@@ -27,6 +27,7 @@
  *
  *	pg_cqrs.c			_PG_init: settings, shared-memory hooks, the launcher
  *	worker.c			the launcher and the per-database workers' loops
+ *	retention.c			retention rules per category: set, drop, apply, the worker's passes
  *	replay.c			cqrs.replay, cqrs.reconcile, cqrs.verify
  *	projection.c		the SQL lifecycle of projections, wait_for_projection
  *	capture_trigger.c	the change-capture row trigger and its per-table cache
@@ -92,6 +93,8 @@ extern int	cqrs_batch_size;
 extern int	cqrs_naptime;
 extern int	cqrs_handler_timeout;
 extern int	cqrs_wal_rmgr_id;
+extern int	cqrs_retention_batch_size;
+extern int	cqrs_retention_naptime;
 extern int	cqrs_max_causation_depth;
 extern int	cqrs_lifecycle_idle_timeout;
 
@@ -476,6 +479,9 @@ extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
 #define CAPTURE_TRUNCATE_TRIGGER	"cqrs_capture_truncate"
 
 extern bool CqrsCaptureLookup(Oid relid, char **category, char **type_prefix);
+
+/* retention.c */
+extern bool CqrsRetentionWork(MemoryContext cxt, bool *more);
 
 /* worker.c */
 extern void CqrsWorkerInit(void);

@@ -35,14 +35,19 @@
  * each batch the worker broadcasts the progress condition variable, on
  * which cqrs.wait_for_projection sleeps.
  *
+ * The same loop runs the database's retention rules (retention.c): every
+ * cqrs.retention_naptime a pass, one batch of each rule per turn, between
+ * the projections' batches; a database with rules keeps its worker.
+ *
  * A worker that fails outside a handler (a handler's errors are caught per
  * batch) logs the error, aborts the transaction, and goes on with the next
  * projection: one broken definition never stops the others.
  *
  * The table of which worker serves which database, the idle exits, the
  * launcher's wake set and whether it waits for a slot live in wakeup.c's
- * shared memory.  This file calls down into apply.c, catalog.c, horizon.c,
- * eventlog.c and wakeup.c; only _PG_init calls it.
+ * shared memory.  This file calls down into retention.c (one entry point),
+ * apply.c, catalog.c, horizon.c, eventlog.c and wakeup.c; only _PG_init
+ * calls it.
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -590,6 +595,8 @@ cqrs_worker_main(Datum main_arg)
 		bool		busy;
 		bool		more = false;
 		bool		worked = false;
+		bool		rules;
+		bool		retention_more = false;
 		List	   *names;
 		ListCell   *lc;
 
@@ -603,12 +610,16 @@ cqrs_worker_main(Datum main_arg)
 		MemoryContextReset(pass_cxt);
 		names = deferred_projection_names(pass_cxt, &installed, &busy);
 
+		/* retention rules (retention.c): a batch of each when a pass is due */
+		rules = installed && CqrsRetentionWork(pass_cxt, &retention_more);
+
 		/*
 		 * Nothing to do here: leave, rather than stay connected and make
-		 * DROP DATABASE fail.  Creating or resuming a deferred projection
-		 * wakes the launcher, which brings us back.
+		 * DROP DATABASE fail.  Creating or resuming a deferred projection,
+		 * and setting a retention rule, wake the launcher, which brings us
+		 * back.
 		 */
-		if (!installed || (names == NIL && !busy))
+		if (!installed || (names == NIL && !busy && !rules))
 		{
 			CqrsSetIdleExit(dboid, true);
 			proc_exit(0);
@@ -617,7 +628,7 @@ cqrs_worker_main(Datum main_arg)
 		foreach(lc, names)
 			more |= worker_apply_one((const char *) lfirst(lc), &worked);
 
-		if (more)
+		if (more || (rules && retention_more))
 			continue;
 
 		/*

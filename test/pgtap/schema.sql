@@ -46,8 +46,8 @@ SELECT set_eq(
     ARRAY['cqrs.events', 'cqrs.events_position_seq', 'cqrs.projections', 'cqrs.skipped_events',
           'cqrs.captures', 'cqrs.projection_digests',
           'cqrs.lifecycle_log', 'cqrs.lifecycle_log_id_seq',
-          'cqrs.log_security', 'cqrs.log_security_id_seq'],
-    'extconfig holds the log, its sequence, the projection, digest and capture catalogs and the audit trail');
+          'cqrs.log_security', 'cqrs.log_security_id_seq', 'cqrs.retention_rules'],
+    'extconfig holds the log, its sequence, the projection, digest and capture catalogs, the audit trail, the log''s row-level security and the retention rules');
 SELECT is((SELECT extrelocatable FROM pg_extension WHERE extname = 'pg_cqrs'), false,
           'the extension is not relocatable');
 
