@@ -255,8 +255,10 @@ lock_rule(const char *category, bool skip_locked, RetentionRule *rule)
 
 /*
  * The highest position this rule's batch may remove: the safe position,
- * and the lowest checkpoint of the deferred projections that read the
- * category (SPI connected).
+ * and the lowest checkpoint of the projections applied after commit that
+ * read the category: deferred ones, and sync ones catching up after an
+ * online replay (apply.c), which are applied the same way until they
+ * switch back (SPI connected).
  */
 static int64
 rule_bound(const char *category)
@@ -272,7 +274,8 @@ rule_bound(const char *category)
 
 	values[0] = CStringGetTextDatum(category);
 	rc = CqrsCatalogExecute("SELECT pg_catalog.min(\"position\") FROM cqrs.projections"
-							" WHERE mode OPERATOR(pg_catalog.=) 'deferred'"
+							" WHERE (mode OPERATOR(pg_catalog.=) 'deferred'"
+							"        OR state OPERATOR(pg_catalog.=) 'catching up')"
 							" AND (categories IS NULL"
 							"      OR $1 OPERATOR(pg_catalog.=) ANY (categories))",
 							1, argtypes, values, NULL, true);
