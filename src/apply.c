@@ -645,6 +645,36 @@ CqrsSyncCatchUpOnline(CqrsProjection *p, int64 near)
  * ----------------------------------------------------------------
  */
 
+/* What try_apply and try_rebuild hand to their subtransaction. */
+typedef struct TryArgs
+{
+	CqrsProjection *p;
+	Tuplestorestate *store;
+	TupleDesc	desc;
+	CqrsSkipSet *skip;
+	int64		stop_before;
+	CqrsRebuildTarget *target;
+	int64		upto;
+	int64		applied;		/* out */
+} TryArgs;
+
+static void
+apply_step(void *arg)
+{
+	TryArgs    *a = (TryArgs *) arg;
+
+	a->applied = CqrsApplyEvents(a->p, a->store, a->desc, a->skip, a->stop_before);
+}
+
+/* The failing position and message of a step's error; false. */
+static bool
+step_failed(ErrorData *edata, int64 *fail_position, char **fail_message)
+{
+	*fail_position = attempted_position;
+	*fail_message = edata->message ? edata->message : "unknown error";
+	return false;
+}
+
 /*
  * Apply a collected batch in a subtransaction.  Returns true on success
  * with *applied set; on a handler error rolls the subtransaction back and
@@ -654,36 +684,13 @@ static bool
 try_apply(CqrsProjection *p, Tuplestorestate *store, TupleDesc desc, CqrsSkipSet *skip,
 		  int64 stop_before, int64 *applied, int64 *fail_position, char **fail_message)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool ok = true;
+	TryArgs		a = {.p = p,.store = store,.desc = desc,.skip = skip,.stop_before = stop_before};
+	ErrorData  *edata = CqrsTrySubtransaction(apply_step, &a);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		*applied = CqrsApplyEvents(p, store, desc, skip, stop_before);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-
-		*fail_position = attempted_position;
-		*fail_message = edata->message ? edata->message : "unknown error";
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+	if (edata != NULL)
+		return step_failed(edata, fail_position, fail_message);
+	*applied = a.applied;
+	return true;
 }
 
 /* ----------------------------------------------------------------
@@ -788,6 +795,14 @@ CqrsRebuildTables(const CqrsRebuildTarget *t, int64 upto)
 
 static void describe(CqrsProjection *p, CqrsRebuildTarget *t);
 
+static void
+rebuild_step(void *arg)
+{
+	TryArgs    *a = (TryArgs *) arg;
+
+	a->applied = CqrsRebuildTables(a->target, a->upto);
+}
+
 /*
  * The rebuild step, in a subtransaction: true on success with *applied;
  * on an error, rolled back whole, false with the failing position and
@@ -797,38 +812,25 @@ static bool
 try_rebuild(CqrsProjection *p, int64 upto, int64 *applied,
 			int64 *fail_position, char **fail_message)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool ok = true;
 	CqrsRebuildTarget t;
+	TryArgs		a = {.target = &t,.upto = upto};
+	ErrorData  *edata;
 
 	describe(p, &t);
 	attempted_position = 0;
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		*applied = CqrsRebuildTables(&t, upto);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
+	edata = CqrsTrySubtransaction(rebuild_step, &a);
+	if (edata != NULL)
+		return step_failed(edata, fail_position, fail_message);
+	*applied = a.applied;
+	return true;
+}
 
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		*fail_position = attempted_position;
-		*fail_message = edata->message ? edata->message : "unknown error";
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+static void
+switch_lock_step(void *arg)
+{
+	if (LockTimeout <= 0 || LockTimeout > CQRS_SWITCH_LOCK_TIMEOUT)
+		LockTimeout = CQRS_SWITCH_LOCK_TIMEOUT;
+	(void) CqrsLockProjections(ShareLock);
 }
 
 /*
@@ -839,40 +841,15 @@ try_rebuild(CqrsProjection *p, int64 upto, int64 *applied,
 static bool
 switch_lock(void)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
 	int			save_timeout = LockTimeout;
-	volatile bool ok = true;
+	ErrorData  *edata = CqrsTrySubtransaction(switch_lock_step, NULL);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		if (LockTimeout <= 0 || LockTimeout > CQRS_SWITCH_LOCK_TIMEOUT)
-			LockTimeout = CQRS_SWITCH_LOCK_TIMEOUT;
-		(void) CqrsLockProjections(ShareLock);
-		LockTimeout = save_timeout;
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		LockTimeout = save_timeout;
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			PG_RE_THROW();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+	LockTimeout = save_timeout;
+	if (edata == NULL)
+		return true;
+	if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+		ReThrowError(edata);
+	return false;
 }
 
 /* Mark a catching-up projection failed at fail_position, checkpoint before. */

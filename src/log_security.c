@@ -254,39 +254,25 @@ policy_sql(JsonbContainer *pol)
 	return buf.data;
 }
 
+static void
+ddl_step(void *arg)
+{
+	run_ddl((const char *) arg);
+}
+
 /* Try one statement in a subtransaction; a WARNING instead of an error. */
 static void
 try_ddl(const char *sql, const char *what)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *edata = CqrsTrySubtransaction(ddl_step, (void *) sql);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		run_ddl(sql);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		ereport(WARNING,
-				(errmsg("could not restore %s on the event log: %s", what, edata->message),
-				 errdetail("Row-level security stays enabled on cqrs.events: the roles this policy admitted see nothing until it is created again."),
-				 errhint("Create the missing roles or objects, then the policy (%s).", sql)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
+	if (edata == NULL)
+		return;
+	ereport(WARNING,
+			(errmsg("could not restore %s on the event log: %s", what, edata->message),
+			 errdetail("Row-level security stays enabled on cqrs.events: the roles this policy admitted see nothing until it is created again."),
+			 errhint("Create the missing roles or objects, then the policy (%s).", sql)));
+	FreeErrorData(edata);
 }
 
 /* Make the log's row-level security what one row of cqrs.log_security says. */

@@ -154,6 +154,7 @@ extern const CqrsEventLogOids *CqrsEventLog(void);
 extern void CqrsCheckEventLogPrivilege(AclMode mode);
 extern bool CqrsDigestsInstalled(void);
 extern SPIPlanPtr CqrsPrepareKept(const char *sql, int nargs, Oid *argtypes);
+extern ErrorData *CqrsTrySubtransaction(void (*fn) (void *arg), void *arg);
 extern void CqrsLockStream(const char *stream, int len);
 extern void CqrsUnlockStream(const char *stream, int len);
 extern void CqrsLockEventId(const pg_uuid_t *id);
