@@ -47,3 +47,23 @@ EXCEPTION WHEN OTHERS THEN
     RETURN st;
 END
 $$;
+-- wait_until(condition, timeout): polls a boolean query (each time with a
+-- fresh snapshot) until it is true; false if the timeout passes first.
+CREATE FUNCTION public.wait_until(cond text, timeout interval DEFAULT '60 s')
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + timeout;
+    ok boolean;
+BEGIN
+    LOOP
+        EXECUTE 'SELECT (' || cond || ')' INTO ok;
+        IF ok THEN
+            RETURN true;
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+END
+$$;

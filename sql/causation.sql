@@ -10,25 +10,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
-CREATE FUNCTION pg_temp.wait_until(cond text, timeout interval DEFAULT '60 s')
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    deadline timestamptz := clock_timestamp() + timeout;
-    ok boolean;
-BEGIN
-    LOOP
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN true;
-        END IF;
-        IF clock_timestamp() > deadline THEN
-            RETURN false;
-        END IF;
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-END
-$$;
-
 -- a handler that answers every event of its category with another one in
 -- the same category: a projection on that category feeds itself
 CREATE FUNCTION echo(e cqrs.events) RETURNS void LANGUAGE plpgsql AS $$
@@ -56,11 +37,11 @@ SELECT cqrs.drop_projection('sync_echo');
 -- launcher starts one with the database's new setting.
 SELECT count(pg_terminate_backend(pid)) >= 0 AS ended
   FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'pg_cqrs worker';
-SELECT pg_temp.wait_until($$NOT EXISTS (SELECT FROM pg_stat_activity
+SELECT wait_until($$NOT EXISTS (SELECT FROM pg_stat_activity
     WHERE datname = current_database() AND backend_type = 'pg_cqrs worker')$$);
 SELECT cqrs.create_projection('deferred_echo', 'echo', 'deferred', categories => '{pong}');
 SELECT position AS first FROM cqrs.append('pong-1', 'Ping', '{}') \gset
-SELECT pg_temp.wait_until($$(SELECT state = 'failed' FROM cqrs.projections WHERE name = 'deferred_echo')$$);
+SELECT wait_until($$(SELECT state = 'failed' FROM cqrs.projections WHERE name = 'deferred_echo')$$);
 SELECT version, type, metadata->'$causation'->'depth' AS depth,
        metadata->'$causation'->>'projection' AS projection,
        metadata->'$causation'->>'id' = lag(id::text) OVER (ORDER BY version) AS caused_by_previous
@@ -82,7 +63,7 @@ CREATE FUNCTION bump(e cqrs.events) RETURNS void LANGUAGE sql AS $$
 $$;
 SELECT cqrs.create_projection('bumper', 'bump', 'deferred', categories => '{counter}');
 UPDATE counters SET n = 1;
-SELECT pg_temp.wait_until($$(SELECT state = 'failed' FROM cqrs.projections WHERE name = 'bumper')$$);
+SELECT wait_until($$(SELECT state = 'failed' FROM cqrs.projections WHERE name = 'bumper')$$);
 SELECT n AS counter, (SELECT count(*) FROM cqrs.events WHERE cqrs.category(stream) = 'counter') AS events
   FROM counters;
 SELECT cqrs.drop_projection('bumper');

@@ -13,27 +13,6 @@ DROP EXTENSION IF EXISTS pg_cqrs CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION pg_cqrs;
 
--- wait_until(condition, timeout): polls a boolean query (each time with a
--- fresh snapshot) until it is true; false if the timeout passes first.
-CREATE FUNCTION pg_temp.wait_until(cond text, timeout interval DEFAULT '60 s')
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    deadline timestamptz := clock_timestamp() + timeout;
-    ok boolean;
-BEGIN
-    LOOP
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN true;
-        END IF;
-        IF clock_timestamp() > deadline THEN
-            RETURN false;
-        END IF;
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-END
-$$;
-
 -- One read table per projection, counting applications per position (a
 -- double application shows as n = 2).  The handler refuses the events whose
 -- data has "poison" naming its table.
@@ -82,7 +61,7 @@ SELECT position, stream, type, n FROM w1 WHERE position = :position;
 -- just before it, the error; later events are kept; the others go on
 SELECT position AS poison FROM cqrs.append('order-2', 'OrderPlaced', '{"poison": "w1"}') \gset
 SELECT position AS after FROM cqrs.append('order-2', 'ItemAdded', '{}') \gset
-SELECT pg_temp.wait_until($$(SELECT state = 'failed' FROM cqrs.projections WHERE name = 'w1')$$);
+SELECT wait_until($$(SELECT state = 'failed' FROM cqrs.projections WHERE name = 'w1')$$);
 SELECT cqrs.wait_for_projection('w2', :after, '60 s');
 SELECT name, state, position = :poison - 1 AS before_poison, error_position = :poison AS at_poison,
        last_error, lag_events
