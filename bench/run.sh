@@ -18,7 +18,7 @@
 #                   single,multi,batch,race,nodurable,sync,deferred,lag,
 #                   capture,outbox,replay,reconcile,verify,import,relay,
 #                   lifecycle,filtered,append_filter_index,online_sync,
-#                   retention
+#                   retention,archive
 #                                                     (default all)
 #                   filtered: read_all and a deferred projection on a rare
 #                   category, with the filter indexes vs without them
@@ -41,6 +41,15 @@
 #                                                     (default 1000000)
 #   BENCH_RETENTION_ROUNDS rounds of the retention group (default 3)
 #   BENCH_RETENTION_CLIENTS appending clients during its pass (default 4)
+#   BENCH_ARCHIVE_EVENTS   size of the archive group's log, 20 per stream
+#                                                     (default 2000000)
+#   BENCH_ARCHIVE_APPENDS  events it appends on top, with and without the
+#                   archive rule (default 1000000)
+#   BENCH_ARCHIVE_CHUNKS   chunks of those appends, each followed by the
+#                   rule's pass and VACUUM (default 10)
+#   BENCH_ARCHIVE_ROUNDS   rounds of its one-off move vs delete (default 3;
+#                   quick 1)
+#   BENCH_ARCHIVE_CLIENTS  pgbench clients of its append tps runs (default 4)
 #   BENCH_LAG_SECONDS      length of the lag run      (default 3 x BENCH_SECONDS)
 #   BENCH_OUTBOX_EVENTS    events the outbox group decodes (200000)
 #   BENCH_RELAY_EVENTS     backlog of the relay group: pg_cqrs_relay into
@@ -83,7 +92,7 @@ else
 	ROUNDS=${BENCH_ROUNDS:-7}
 fi
 CLIENTS=${BENCH_CLIENTS:-8}
-ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle,filtered,append_filter_index,online_sync,retention}
+ONLY=${BENCH_ONLY:-single,multi,batch,race,nodurable,sync,deferred,lag,capture,outbox,replay,reconcile,verify,import,relay,lifecycle,filtered,append_filter_index,online_sync,retention,archive}
 BASELINE_ONLY=${BENCH_BASELINE_ONLY:-}
 BATCH=100			# events per append_events call
 RACE_STREAMS=20		# fixed in race_*.sql
@@ -95,7 +104,7 @@ for v in RUN_SECONDS ROUNDS CLIENTS; do
 	esac
 done
 for g in ${ONLY//,/ }; do
-	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle|filtered|append_filter_index|online_sync|retention) ;;
+	case $g in single|multi|batch|race|nodurable|sync|deferred|lag|capture|outbox|replay|reconcile|verify|import|relay|lifecycle|filtered|append_filter_index|online_sync|retention|archive) ;;
 		*) echo "bench: unknown workload group \"$g\" in BENCH_ONLY" >&2; exit 2 ;;
 	esac
 done
@@ -381,6 +390,8 @@ source "$BENCH_DIR/outbox.sh"
 source "$BENCH_DIR/import.sh"
 # shellcheck source=bench/retention.sh
 source "$BENCH_DIR/retention.sh"
+# shellcheck source=bench/archive.sh
+source "$BENCH_DIR/archive.sh"
 # shellcheck source=bench/relay.sh
 source "$BENCH_DIR/relay.sh"
 # shellcheck source=bench/lifecycle.sh
@@ -437,6 +448,7 @@ if want append_filter_index; then
 fi
 [ -z "$BASELINE_ONLY" ] && want filtered && run_filtered_group
 want retention && [ -z "$BASELINE_ONLY" ] && run_retention_group
+want archive && [ -z "$BASELINE_ONLY" ] && run_archive_group
 elapsed=$(($(date +%s) - start))
 
 #
@@ -520,6 +532,7 @@ want import && print_import_row
 want append_filter_index && print_append_filter_rows
 [ -z "$BASELINE_ONLY" ] && want filtered && print_filtered_rows
 want retention && [ -z "$BASELINE_ONLY" ] && print_retention_rows
+want archive && [ -z "$BASELINE_ONLY" ] && print_archive_rows
 
 if want race; then
 	echo
@@ -556,6 +569,9 @@ if [ -z "$BASELINE_ONLY" ] && { want replay || want reconcile || want verify; };
 fi
 if [ -z "$BASELINE_ONLY" ] && want online_sync; then
 	print_online_sync_rows
+fi
+if [ -z "$BASELINE_ONLY" ] && want archive; then
+	print_archive_sizes
 fi
 
 echo
