@@ -29,13 +29,15 @@
 #               A chunk is one statement of cqrs.append calls, one per
 #               stream in turn (one session), timed on both databases, the
 #               first alternating (events/s).  Then: sizes, the last chunk's
-#               VACUUM time, and append tps of $ARCH_CLIENTS pgbench clients
-#               (bench/retention_append.sql) on each database alternately,
-#               $ROUNDS rounds of $RUN_SECONDS s.  Last, on the archived
-#               database: the rule's pass and VACUUM again (what the tps
-#               runs appended), then a timed VACUUM FULL of the log, with an
-#               append sent once it holds its ACCESS EXCLUSIVE lock (how
-#               long that append waited), and the sizes after.
+#               VACUUM time, a timed VACUUM (FREEZE) of each (what an
+#               anti-wraparound VACUUM costs), append tps of $ARCH_CLIENTS
+#               pgbench clients (bench/retention_append.sql) on each
+#               database alternately, $ROUNDS rounds of $RUN_SECONDS s.
+#               Last, on the archived database: the rule's pass and VACUUM
+#               again (what the tps runs appended), then a timed VACUUM
+#               FULL of the log, with an append sent once it holds its
+#               ACCESS EXCLUSIVE lock (how long that append waited), and
+#               the sizes after.
 #   Reports archive / delete (events/s), the chunks' and pgbench's append
 #   speed archived / unarchived, and a table of sizes and VACUUM times.
 
@@ -228,6 +230,16 @@ run_archive_steady() {
 	[ "$n" = "$((2 * ARCH_STREAMS))" ] || arch_failed "steady: archived log" "holds $n events, not the last 2 of each stream"
 	ARCH_SIZE[steady_archived]=$(arch_sizes "$ARCH_DB_ON")
 	ARCH_SIZE[steady_unarchived]=$(arch_sizes "$ARCH_DB_OFF")
+	# What every table gets at last, whatever its dead rows: an aggressive
+	# (anti-wraparound) VACUUM visits every page not yet frozen, so its
+	# time follows the heap's size.
+	read -r -a order <<<"$(arch_order 1)"
+	for db in "${order[@]}"; do
+		arch_psql "$db" -c CHECKPOINT >/dev/null
+		ARCH_VACUUM[freeze_${label[$db]}]=$(arch_timed "$db" 'VACUUM (FREEZE) cqrs.events;')
+	done
+	printf '  %-9s VACUUM (FREEZE) of the log: archived %.2f s, unarchived %.2f s\n' archive \
+		"${ARCH_VACUUM[freeze_archived]}" "${ARCH_VACUUM[freeze_unarchived]}"
 
 	# append tps in both states, alternated
 	for ((i = 1; i <= ROUNDS; i++)); do
@@ -344,6 +356,10 @@ print_archive_sizes() {
 	arch_size_row "  +$ARCH_APPENDS, no rule, VACUUM per chunk" steady_unarchived "${ARCH_VACUUM[steady_unarchived]##* }"
 	arch_size_row "  archived, after the tps runs, rule + VACUUM" steady_before_full
 	arch_size_row "  then VACUUM FULL (s: its time)" steady_full "${ARCH_VACUUM[full]:-}"
+	if [ -n "${ARCH_VACUUM[freeze_archived]:-}" ]; then
+		printf '   VACUUM (FREEZE) after the %d appends (every page not yet frozen): archived %.2f s, unarchived %.2f s\n' \
+			"$ARCH_APPENDS" "${ARCH_VACUUM[freeze_archived]}" "${ARCH_VACUUM[freeze_unarchived]}"
+	fi
 	if [ -n "$ARCH_PROBE" ]; then
 		printf '   VACUUM FULL locks the log (ACCESS EXCLUSIVE): an append sent once it held the lock took %.2f s\n' "$ARCH_PROBE"
 	fi
