@@ -100,6 +100,16 @@ CqrsArchiveRelid(void)
 	return OidIsValid(nspid) ? get_relname_relid("events_archive", nspid) : InvalidOid;
 }
 
+/*
+ * This month's bounds in UTC, lo and hi, as timestamptz.  The month is
+ * added to the UTC timestamp, not to the timestamptz: that would add it
+ * in the session's time zone and end the month at another hour.
+ */
+#define MONTH_BOUNDS \
+	"pg_catalog.timezone('UTC', d.m) AS lo," \
+	" pg_catalog.timezone('UTC', d.m OPERATOR(pg_catalog.+) '1 month'::pg_catalog.interval) AS hi" \
+	" FROM (SELECT pg_catalog.date_trunc('month', pg_catalog.timezone('UTC', pg_catalog.now())) AS m) d"
+
 /* The first row of the last SPI result, column 1, as text (NULL if none). */
 static char *
 first_text(void)
@@ -126,15 +136,13 @@ find_partition(Oid archive)
 	 * same session's DateStyle and TimeZone).
 	 */
 	rc = SPI_execute_with_args(
-		"WITH m AS (SELECT pg_catalog.timezone('UTC', pg_catalog.date_trunc('month',"
-		"                  pg_catalog.timezone('UTC', pg_catalog.now()))) AS lo)"
+		"WITH m AS (SELECT " MONTH_BOUNDS ")"
 		" SELECT c.relname::pg_catalog.text"
 		" FROM pg_catalog.pg_inherits i"
 		" JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid, m"
 		" WHERE i.inhparent OPERATOR(pg_catalog.=) $1"
 		" AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) OPERATOR(pg_catalog.=)"
-		"     pg_catalog.format('FOR VALUES FROM (%L) TO (%L)', m.lo,"
-		"         m.lo OPERATOR(pg_catalog.+) '1 month'::pg_catalog.interval)",
+		"     pg_catalog.format('FOR VALUES FROM (%L) TO (%L)', m.lo, m.hi)",
 		1, argtypes, values, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_cqrs: looking up the archive's partitions failed: %s",
@@ -155,8 +163,7 @@ create_partition(void)
 	char	   *name;
 
 	rc = SPI_execute(
-		"WITH m AS (SELECT pg_catalog.timezone('UTC', pg_catalog.date_trunc('month',"
-		"                  pg_catalog.timezone('UTC', pg_catalog.now()))) AS lo),"
+		"WITH m AS (SELECT " MONTH_BOUNDS "),"
 		" n AS (SELECT 'events_archive_' OPERATOR(pg_catalog.||)"
 		"              pg_catalog.to_char(pg_catalog.timezone('UTC', m.lo), 'YYYY_MM') AS base"
 		"       FROM m),"
@@ -170,8 +177,7 @@ create_partition(void)
 		"                                ELSE n.base OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.k::pg_catalog.text END))"
 		"          ORDER BY s.k LIMIT 1)"
 		" SELECT pg_catalog.format('CREATE TABLE cqrs.%I PARTITION OF cqrs.events_archive"
-		"                           FOR VALUES FROM (%L) TO (%L)', free.name, m.lo,"
-		"                           m.lo OPERATOR(pg_catalog.+) '1 month'::pg_catalog.interval),"
+		"                           FOR VALUES FROM (%L) TO (%L)', free.name, m.lo, m.hi),"
 		"        free.name"
 		" FROM free, m", true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
