@@ -160,6 +160,23 @@ SELECT position AS last FROM cqrs.append('order-3', 'OrderRefunded', '{}') \gset
 SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
 SELECT * FROM order_totals ORDER BY stream;
 SELECT * FROM cqrs.verify('order_totals');
+-- a retention rule set through 0.7.0's three-argument function, with the
+-- 0.8.0 library already loaded
+SELECT cqrs.set_retention('nothing', max_count => 5);
+
+--
+-- on to 0.8.0 (archiving): the rule deletes as before; archive rules work
+--
+ALTER EXTENSION pg_cqrs UPDATE TO '0.8.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
+SELECT category, max_count, archive FROM cqrs.retention_rules;
+SELECT cqrs.set_retention('nothing', max_count => 5, archive => true);
+SELECT category, max_count, archive FROM cqrs.retention_rules;
+SELECT cqrs.drop_retention('nothing');
+SELECT position AS last FROM cqrs.append('order-3', 'OrderArchived', '{}') \gset
+SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
+SELECT * FROM order_totals ORDER BY stream;
+SELECT * FROM cqrs.verify('order_totals');
 
 --
 -- the updated extension has exactly the objects, and the same definitions,
