@@ -10,7 +10,8 @@
 #   cqrs.apply_retention('acct') in one session (one transaction).
 #
 #   one-off     $ARCH_ROUNDS alternated rounds, each side on a freshly
-#               imported log (VACUUM ANALYZE, CHECKPOINT):
+#               imported log (VACUUM ANALYZE, CHECKPOINT), the rule's first
+#               batch of one event untimed (arch_prime), then the rest:
 #                 archive   the rule with archive => true: events moved/s
 #                 delete    the same rule with archive => false (0.7.0):
 #                           events deleted/s
@@ -77,7 +78,7 @@ arch_psql() { # db psql-args...
 # Seconds a statement takes in database $1, from the server's clock, in one
 # session, up to the start of the next statement (so its commit counts).
 arch_timed() { # db sql
-	arch_psql "$1" -tA <<SQL | tail -n 1
+	arch_psql "$1" -tA <<SQL | tail -n 1 || true
 SELECT extract(epoch FROM clock_timestamp()) AS t0 \\gset
 $2
 SELECT extract(epoch FROM clock_timestamp()) - :t0;
@@ -140,13 +141,22 @@ arch_rule() { # archive|delete
 	fi
 }
 
-# Apply the rule in one transaction, timed; prints "seconds taken_out".
+# Apply the rule in one transaction, timed; prints "seconds taken_out"
+# (nothing when it failed: the error is on stderr).
 arch_apply() { # db
-	arch_psql "$1" -tA -F ' ' <<'SQL' | tail -n 1
+	arch_psql "$1" -tA -F ' ' <<'SQL' | tail -n 1 || true
 SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
 SELECT cqrs.apply_retention('acct') AS n \gset
 SELECT round((extract(epoch FROM clock_timestamp()) - :t0)::numeric, 3), :n;
 SQL
+}
+
+# The rule's first batch, of one event, untimed: an archive rule's first
+# batch of the month makes the archive's partition for it (DDL under an
+# ACCESS EXCLUSIVE lock on the archive, once a month), which is not what
+# moving costs; the delete side does the same.  Prints how many went.
+arch_prime() { # db
+	arch_psql "$1" -tAc "SELECT cqrs.apply_retention('acct', max_events => 1)" || echo 0
 }
 
 # CHECKPOINT, then a timed plain VACUUM of the log; prints the seconds.
@@ -158,14 +168,16 @@ arch_vacuum() { # db
 rate_of() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.1f", (s > 0) ? n / s : 0 }'; }
 
 run_archive_oneoff() { # side round
-	local side=$1 round=$2 secs n rate vac
+	local side=$1 round=$2 secs n n0 rate vac
 	reset_state
 	arch_load postgres
 	[ -n "${ARCH_SIZE[loaded]:-}" ] || ARCH_SIZE[loaded]=$(arch_sizes postgres)
 	arch_psql postgres -c "SELECT cqrs.set_retention('acct', $(arch_rule "$side"))" >/dev/null
+	n0=$(arch_prime postgres)
+	arch_psql postgres -c CHECKPOINT >/dev/null
 	read -r secs n <<<"$(arch_apply postgres)"
-	if [ "${n:-}" != "$ARCH_OUT" ]; then
-		arch_failed "one-off $side round $round" "took out ${n:-nothing} of $ARCH_OUT"
+	if [ "$((n0 + ${n:-0}))" != "$ARCH_OUT" ]; then
+		arch_failed "one-off $side round $round" "took out $n0 + ${n:-nothing} of $ARCH_OUT"
 		arch_record "archive_move/$side" NA
 		return 0
 	fi
@@ -194,7 +206,7 @@ arch_chunk() { # db chunk-number
 arch_order() { if (($1 % 2)); then echo "$ARCH_DB_ON $ARCH_DB_OFF"; else echo "$ARCH_DB_OFF $ARCH_DB_ON"; fi; }
 
 run_archive_steady() {
-	local db c i secs n vac pid log probe full order
+	local db c i secs n n0 vac pid log probe full order
 	local -A label=([$ARCH_DB_ON]=archived [$ARCH_DB_OFF]=unarchived)
 	echo "bench: archive: steady state, $ARCH_APPENDS appends in $ARCH_CHUNKS chunks, with and without the rule"
 	for db in "$ARCH_DB_ON" "$ARCH_DB_OFF"; do
@@ -203,8 +215,9 @@ run_archive_steady() {
 		arch_load "$db"
 	done
 	arch_psql "$ARCH_DB_ON" -c "SELECT cqrs.set_retention('acct', $(arch_rule "$ARCH_SIDE"))" >/dev/null
+	n0=$(arch_prime "$ARCH_DB_ON")
 	read -r secs n <<<"$(arch_apply "$ARCH_DB_ON")"
-	[ "${n:-}" = "$ARCH_OUT" ] || arch_failed "steady: first pass" "took out ${n:-nothing} of $ARCH_OUT"
+	[ "$((n0 + ${n:-0}))" = "$ARCH_OUT" ] || arch_failed "steady: first pass" "took out $n0 + ${n:-nothing} of $ARCH_OUT"
 	arch_vacuum "$ARCH_DB_ON" >/dev/null
 	ARCH_SIZE[steady_start]=$(arch_sizes "$ARCH_DB_ON")
 	for ((c = 1; c <= ARCH_CHUNKS; c++)); do
