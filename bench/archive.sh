@@ -241,6 +241,11 @@ run_archive_steady() {
 	[ "$n" = "$((ARCH_EVENTS + ARCH_APPENDS))" ] || arch_failed "steady: unarchived log" "holds $n events"
 	n=$(arch_psql "$ARCH_DB_ON" -tAc 'SELECT count(*) FROM cqrs.events')
 	[ "$n" = "$((2 * ARCH_STREAMS))" ] || arch_failed "steady: archived log" "holds $n events, not the last 2 of each stream"
+	if [ "$ARCH_SIDE" = archive ]; then
+		n=$(arch_psql "$ARCH_DB_ON" -tAc 'SELECT count(*) FROM cqrs.events_archive')
+		[ "$n" = "$((ARCH_OUT + ARCH_APPENDS))" ] ||
+			arch_failed "steady: archive" "holds $n events, not the $((ARCH_OUT + ARCH_APPENDS)) moved"
+	fi
 	ARCH_SIZE[steady_archived]=$(arch_sizes "$ARCH_DB_ON")
 	ARCH_SIZE[steady_unarchived]=$(arch_sizes "$ARCH_DB_OFF")
 	# What every table gets at last, whatever its dead rows: an aggressive
