@@ -31,6 +31,13 @@
  *		learn of it in order, and records the operation in
  *		cqrs.lifecycle_log (audit.c).
  *
+ * What a delete, truncation or erasure does to the log it also does to the
+ * stream's rows in cqrs.events_archive (0.8.0, archive.c), where archive
+ * rules moved its older history: a person's data must not survive there.
+ * Those statements run as the log's owner, the caller's rights on the log
+ * having been checked as above; the counts returned and audited include
+ * them.
+ *
  * Invariants (shared with retention).  A stream's highest-version event
  * is never removed: truncation keeps it, and a hard delete leaves the
  * tombstone as head for ever.  So appends, which number from the head,
