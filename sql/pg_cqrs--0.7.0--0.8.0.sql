@@ -77,3 +77,24 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean) IS
     'keep only the last max_count events, or those younger than max_age, of each stream of a category; archive moves the rest to cqrs.events_archive';
 REVOKE ALL ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean) FROM PUBLIC;
+
+-- == Redaction: erasing chosen JSON paths instead of whole payloads ==
+-- (src/redact.c, src/lifecycle.c)
+
+CREATE FUNCTION cqrs.redact(data jsonb, paths jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cqrs_redact'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION cqrs.redact(jsonb, jsonb) IS
+    'pg_cqrs: data with the value at each of paths (e.g. [["customer","email"]]) replaced by {"$erased": true}';
+
+CREATE FUNCTION cqrs.redact_stream(stream text, paths jsonb,
+                                   from_version bigint DEFAULT 1,
+                                   to_version bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cqrs_redact_stream'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION cqrs.redact_stream(text, jsonb, bigint, bigint) IS
+    'pg_cqrs: erase the values at chosen JSON paths of a stream''s events (log and archive), append $StreamRedacted; returns the events changed';
+-- as erase_stream: the function checks UPDATE, SELECT and INSERT on the log
+REVOKE EXECUTE ON FUNCTION cqrs.redact_stream(text, jsonb, bigint, bigint) FROM PUBLIC;

@@ -397,3 +397,36 @@ CqrsArchiveDelete(text *stream, int64 before_version)
 	log_owner_leave(&scope);
 	return (int64) SPI_processed;
 }
+
+/*
+ * CqrsArchiveRedact
+ *		redact_stream's reach into the archive: cqrs.redact() the data of
+ *		the stream's archived events in [from, to] (system events left
+ *		alone); returns how many changed.  As CqrsArchiveErase.
+ */
+int64
+CqrsArchiveRedact(text *stream, int64 from, int64 to, Jsonb *paths)
+{
+	Oid			argtypes[4] = {TEXTOID, INT8OID, INT8OID, JSONBOID};
+	Datum		values[4] = {PointerGetDatum(stream), Int64GetDatum(from), Int64GetDatum(to),
+		JsonbPGetDatum(paths)};
+	LogOwnerScope scope;
+	int			rc;
+
+	if (!OidIsValid(CqrsArchiveRelid()))
+		return 0;
+	log_owner_enter(&scope);
+	rc = SPI_execute_with_args(
+		"UPDATE cqrs.events_archive a"
+		" SET data = cqrs.redact(a.data, $4)"
+		" WHERE a.stream OPERATOR(pg_catalog.=) $1"
+		" AND a.version OPERATOR(pg_catalog.>=) $2"
+		" AND a.version OPERATOR(pg_catalog.<=) $3"
+		" AND NOT pg_catalog.starts_with(a.type, '$')"
+		" AND cqrs.redact(a.data, $4) OPERATOR(pg_catalog.<>) a.data",
+		4, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "pg_cqrs: redacting archived events failed: %s", SPI_result_code_string(rc));
+	log_owner_leave(&scope);
+	return (int64) SPI_processed;
+}
