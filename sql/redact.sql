@@ -32,11 +32,10 @@ SELECT try($$SELECT cqrs.redact('{}', '[["a", ["b"]]]')$$);
 SELECT try($$SELECT cqrs.redact('{}', '[["a", null]]')$$);
 
 -- a customer's stream: three events, the first two archived
-SELECT count(*) FROM (VALUES
-    (cqrs.append('customer-1', 'Registered', '{"name": "Ada", "email": "ada@example.org", "plan": "pro"}')),
-    (cqrs.append('customer-1', 'Moved', '{"address": {"city": "Oslo", "street": "Main 1"}, "email": "ada@example.org"}')),
-    (cqrs.append('customer-1', 'Ordered', '{"items": [{"sku": "x", "card": "4111"}], "total": 10}')),
-    (cqrs.append('customer-2', 'Registered', '{"name": "Bob", "email": "bob@example.org"}'))) v;
+SELECT version FROM cqrs.append('customer-1', 'Registered', '{"name": "Ada", "email": "ada@example.org", "plan": "pro"}');
+SELECT version FROM cqrs.append('customer-1', 'Moved', '{"address": {"city": "Oslo", "street": "Main 1"}, "email": "ada@example.org"}');
+SELECT version FROM cqrs.append('customer-1', 'Ordered', '{"items": [{"sku": "x", "card": "4111"}], "total": 10}');
+SELECT version FROM cqrs.append('customer-2', 'Registered', '{"name": "Bob", "email": "bob@example.org"}');
 SELECT cqrs.set_retention('customer', max_count => 1, archive => true);
 SELECT cqrs.apply_retention('customer');
 SELECT cqrs.drop_retention('customer');
@@ -61,7 +60,7 @@ SELECT data FROM cqrs.events WHERE stream = 'customer-2';
 -- again: nothing left to change, nothing written
 SELECT cqrs.redact_stream('customer-1', '[["email"], ["name"]]');
 SELECT count(*) AS redacted_events FROM cqrs.events WHERE type = '$StreamRedacted';
--- a range: only version 3's plan-less data has a total
+-- a range: version 3 alone (its total goes; it has no plan)
 SELECT cqrs.redact_stream('customer-1', '[["total"], ["plan"]]', 3, 3);
 SELECT version, data FROM cqrs.events WHERE stream = 'customer-1' AND version >= 3 ORDER BY version;
 SELECT operation, target, events, detail - 'position' AS detail FROM cqrs.lifecycle_log

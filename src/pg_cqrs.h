@@ -73,6 +73,7 @@
 #include "access/xlogdefs.h"
 #include "nodes/parsenodes.h"
 #include "storage/lockdefs.h"
+#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
@@ -415,6 +416,10 @@ typedef struct CqrsBatchResult
 	int64		applied;		/* events handed to the handler and kept */
 	int64		position;		/* checkpoint afterwards */
 	int64		safe;			/* the safe position the batch stopped at */
+	TimestampTz switch_asked;	/* a catching-up sync projection's switch:
+								 * when its lock was asked for, and got (0:
+								 * no switch in this batch) */
+	TimestampTz switch_locked;
 } CqrsBatchResult;
 
 /* What replay and reconcile need to know about a projection. */
