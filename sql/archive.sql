@@ -38,8 +38,9 @@ CREATE TABLE before AS SELECT * FROM cqrs.events;
 
 -- the archive starts empty, without partitions, closed to everyone else
 SELECT count(*) FROM cqrs.events_archive;
-SELECT relname, relkind, relrowsecurity, relacl FROM pg_class
-WHERE relname = 'events_archive';
+SELECT relname, relkind, relrowsecurity,
+       (SELECT count(*) FROM aclexplode(relacl) x WHERE x.grantee <> relowner) AS grants_to_others
+FROM pg_class WHERE relname = 'events_archive';
 SELECT count(*) AS partitions FROM pg_inherits WHERE inhparent = 'cqrs.events_archive'::regclass;
 
 -- errors

@@ -163,6 +163,9 @@ SELECT * FROM cqrs.verify('order_totals');
 -- a retention rule set through 0.7.0's three-argument function, with the
 -- 0.8.0 library already loaded
 SELECT cqrs.set_retention('nothing', max_count => 5);
+-- a DBA's EXECUTE grant on it is named by the update, which re-creates it
+CREATE ROLE upgrade_retention_admin;
+GRANT EXECUTE ON FUNCTION cqrs.set_retention(text, interval, bigint) TO upgrade_retention_admin;
 
 --
 -- on to 0.8.0 (archiving): the rule deletes as before; archive rules work
@@ -173,6 +176,9 @@ SELECT category, max_count, archive FROM cqrs.retention_rules;
 SELECT cqrs.set_retention('nothing', max_count => 5, archive => true);
 SELECT category, max_count, archive FROM cqrs.retention_rules;
 SELECT cqrs.drop_retention('nothing');
+SELECT has_function_privilege('upgrade_retention_admin',
+       'cqrs.set_retention(text, interval, bigint, boolean)', 'EXECUTE') AS still_granted;
+DROP ROLE upgrade_retention_admin;
 SELECT position AS last FROM cqrs.append('order-3', 'OrderArchived', '{}') \gset
 SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
 SELECT * FROM order_totals ORDER BY stream;
