@@ -82,6 +82,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
@@ -291,6 +292,8 @@ count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metada
 	TupleTableSlot *slot;
 	Snapshot	snapshot;
 	int64		left = 0;
+	MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "pg_cqrs count_left",
+												  ALLOCSET_SMALL_SIZES);
 
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -321,8 +324,13 @@ count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metada
 		jb = DatumGetJsonbP(slot_getattr(slot, Anum_events_data, &isnull));
 		if (redact != NULL)
 		{
+			/* what redaction allocates per event goes with the event */
+			MemoryContext old = MemoryContextSwitchTo(row_cxt);
+
 			if (CqrsRedact(jb, redact, marker) != jb)
 				left++;
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(row_cxt);
 			continue;
 		}
 		if (VARSIZE(jb) != VARSIZE(marker) || memcmp(jb, marker, VARSIZE(marker)) != 0)
@@ -340,6 +348,7 @@ count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metada
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(index, NoLock);
 	UnregisterSnapshot(snapshot);
+	MemoryContextDelete(row_cxt);
 	return left;
 }
 
