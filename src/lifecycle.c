@@ -21,7 +21,7 @@
  *		would for a SELECT;
  *	 4. runs its one DELETE or UPDATE AS THE CALLER through SPI, prepared,
  *		fully qualified and with search_path = pg_catalog, pg_temp, between
- *		CqrsAllowLogRewrite() and CqrsEndLogRewrite(): table privileges and
+ *		guard.c's one-shot permission (CqrsExecuteLogRewrite): table privileges and
  *		row-level security apply to it as to any DELETE or UPDATE.  Then it
  *		checks that nothing in the range is left (policies may hide rows
  *		from the caller): if anything is, it fails, so a stream is never
@@ -255,22 +255,7 @@ append_system_event(LockedStream *ls, const char *type, Jsonb *data)
 static uint64
 execute_rewrite(SPIPlanPtr plan, Datum *values, int expected_rc)
 {
-	volatile int rc = 0;
-
-	CqrsAllowLogRewrite();
-	PG_TRY();
-	{
-		rc = SPI_execute_plan(plan, values, NULL, false, 0);
-	}
-	PG_FINALLY();
-	{
-		CqrsEndLogRewrite();
-	}
-	PG_END_TRY();
-	if (rc != expected_rc)
-		elog(ERROR, "pg_cqrs: rewriting the event log failed: %s",
-			 SPI_result_code_string(rc));
-	return SPI_processed;
+	return CqrsExecuteLogRewrite(plan, values, NULL, expected_rc);
 }
 
 /*
