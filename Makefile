@@ -15,7 +15,7 @@ MODULE_big   = pg_cqrs
 DATA         = sql/pg_cqrs--0.1.0.sql sql/pg_cqrs--0.1.0--0.2.0.sql \
 	       sql/pg_cqrs--0.2.0--0.3.0.sql sql/pg_cqrs--0.3.0--0.4.0.sql \
 	       sql/pg_cqrs--0.4.0--0.5.0.sql sql/pg_cqrs--0.5.0--0.6.0.sql \
-	       sql/pg_cqrs--0.6.0--0.7.0.sql
+	       sql/pg_cqrs--0.6.0--0.7.0.sql sql/pg_cqrs--0.7.0--0.8.0.sql
 PGFILEDESC   = "pg_cqrs - CQRS and event sourcing inside PostgreSQL"
 
 OBJS = \
@@ -29,6 +29,7 @@ OBJS = \
 	src/filterscan.o \
 	src/import.o \
 	src/lifecycle.o \
+	src/archive.o \
 	src/event_input.o \
 	src/append.o \
 	src/read.o \

@@ -362,7 +362,8 @@ delete_below(LockedStream *ls, int64 before_version, const char *what)
 	}
 	deleted = execute_rewrite(delete_plan, values, SPI_OK_DELETE);
 	require_none_left(ls, count_left(ls, 1, before_version - 1, NULL, false), what);
-	return (int64) deleted;
+	/* and the stream's history moved to the archive (archive.c) */
+	return (int64) deleted + CqrsArchiveDelete(ls->stream, before_version);
 }
 
 static bool
@@ -583,6 +584,8 @@ cqrs_erase_stream(PG_FUNCTION_ARGS)
 		erased = execute_rewrite(erase_plan, values, SPI_OK_UPDATE);
 	}
 	require_none_left(&ls, count_left(&ls, from, to, marker, keep_metadata), "erase");
+	/* and the stream's history moved to the archive (archive.c) */
+	erased += CqrsArchiveErase(ls.stream, from, to, marker, keep_metadata);
 	if (erased > 0)
 	{
 		snprintf(json, sizeof(json),

@@ -36,6 +36,7 @@
  *	decoder.c			the logical decoding output plugin
  *	import.c			cqrs.import_events: bulk import, many streams per batch
  *	lifecycle.c			cqrs.delete_stream, truncate_stream, erase_stream
+ *	archive.c			cqrs.events_archive: monthly partitions, moving events into it
  *	append.c			cqrs.append and cqrs.append_events; sync projections' turn
  *	event_input.c		checking what appends are given: rights, names, sizes
  *	apply.c				calling handlers: sync, deferred batches, rebuilds
@@ -472,6 +473,14 @@ extern void CqrsIdRecordedElsewhere(const pg_uuid_t *id, text *other, text *stre
 extern void CqrsCheckHeadSinceSnapshot(Relation events, text *stream, int64 head_version);
 extern int64 CqrsAppendEvent(text *stream, text *type, Jsonb *data,
 							 Jsonb *metadata);
+
+/* archive.c */
+extern Oid	CqrsArchiveRelid(void);
+extern char *CqrsArchivePartition(bool nowait);
+extern int64 CqrsArchiveMove(Datum positions, Snapshot snapshot);
+extern int64 CqrsArchiveErase(text *stream, int64 from, int64 to, Jsonb *marker,
+							  bool keep_metadata);
+extern int64 CqrsArchiveDelete(text *stream, int64 before_version);
 
 /* lifecycle.c exports only its SQL functions */
 

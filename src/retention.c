@@ -124,6 +124,7 @@ typedef struct RetentionRule
 	int64		max_count;
 	int64		scan_position;
 	int64		age_position;
+	bool		archive;		/* move to cqrs.events_archive (archive.c) */
 } RetentionRule;
 
 /* Whether this installation has cqrs.retention_rules (0.7.0 and up). */
@@ -200,6 +201,8 @@ rule_json(StringInfo buf, const RetentionRule *rule)
 		appendStringInfo(buf, INT64_FORMAT, rule->max_count);
 	else
 		appendStringInfoString(buf, "null");
+	if (rule->archive)
+		appendStringInfoString(buf, ", \"archive\": true");
 	appendStringInfoChar(buf, '}');
 }
 
@@ -225,13 +228,16 @@ lock_rule(const char *category, bool skip_locked, RetentionRule *rule)
 	Datum		d;
 
 	values[0] = CStringGetTextDatum(category);
-	rc = CqrsCatalogExecute(skip_locked ?
-							"SELECT max_age, max_count, scan_position, age_position"
-							" FROM cqrs.retention_rules"
-							" WHERE category OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED" :
-							"SELECT max_age, max_count, scan_position, age_position"
-							" FROM cqrs.retention_rules"
-							" WHERE category OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+
+	/*
+	 * The archive column came with 0.8.0; a library newer than the
+	 * installed SQL reads every rule of an older installation as deleting.
+	 */
+	rc = CqrsCatalogExecute(psprintf("SELECT max_age, max_count, scan_position, age_position, %s"
+									 " FROM cqrs.retention_rules"
+									 " WHERE category OPERATOR(pg_catalog.=) $1 FOR UPDATE%s",
+									 OidIsValid(CqrsArchiveRelid()) ? "archive" : "false",
+									 skip_locked ? " SKIP LOCKED" : ""),
 							1, argtypes, values, NULL, false);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "pg_cqrs: reading retention rule failed: %s", SPI_result_code_string(rc));
@@ -250,6 +256,7 @@ lock_rule(const char *category, bool skip_locked, RetentionRule *rule)
 	rule->max_count = isnull ? 0 : DatumGetInt64(d);
 	rule->scan_position = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 	rule->age_position = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+	rule->archive = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 	return true;
 }
 
@@ -490,12 +497,25 @@ scan_aged_events(const RetentionRule *rule, int64 bound, int64 limit, int64 budg
 	return cut || (!stopped && SPI_processed >= (uint64) limit);
 }
 
+/* The collected positions as an int8[]. */
+static Datum
+victims_array(Victims *victims)
+{
+	Datum	   *elems = palloc(victims->n * sizeof(Datum));
+
+	for (int i = 0; i < victims->n; i++)
+		elems[i] = Int64GetDatum(victims->positions[i]);
+	return PointerGetDatum(construct_array(elems, victims->n, INT8OID,
+										   sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
 /*
  * Delete the collected positions, each only while a higher version of its
- * stream is in the log (never a head), through the log's guard.
+ * stream is in the log (never a head), through the log's guard.  (An
+ * archive rule moves them instead: CqrsArchiveMove, same condition.)
  */
 static int64
-delete_victims(Victims *victims, Snapshot snapshot)
+delete_victims(Datum positions, Snapshot snapshot)
 {
 	static const char *sql =
 		"DELETE FROM cqrs.events d"
@@ -504,19 +524,11 @@ delete_victims(Victims *victims, Snapshot snapshot)
 		"               WHERE h.stream OPERATOR(pg_catalog.=) d.stream"
 		"                 AND h.version OPERATOR(pg_catalog.>) d.version)";
 	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		values[1];
-	Datum	   *elems;
+	Datum		values[1] = {positions};
 	SPIPlanPtr	plan;
 	volatile int rc = 0;
 	int64		removed;
 
-	if (victims->n == 0)
-		return 0;
-	elems = palloc(victims->n * sizeof(Datum));
-	for (int i = 0; i < victims->n; i++)
-		elems[i] = Int64GetDatum(victims->positions[i]);
-	values[0] = PointerGetDatum(construct_array(elems, victims->n, INT8OID,
-												sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	plan = prepare(sql, 1, argtypes);
 
 	PG_TRY();
@@ -568,6 +580,7 @@ retention_batch(const char *category, bool skip_locked, int64 limit, int64 budge
 	int			save_nestlevel;
 	bool		more_new = false;
 	bool		more_age = false;
+	char	   *partition = NULL;
 
 	*more = false;
 	*found = lock_rule(category, skip_locked, &rule);
@@ -606,11 +619,32 @@ retention_batch(const char *category, bool skip_locked, int64 limit, int64 budge
 		victims.n = n;
 	}
 	/*
+	 * An archive rule needs this month's partition of the archive.  Making
+	 * it takes a lock the worker does not wait for: then the batch is
+	 * dropped, positions unmoved, and the next pass tries again.
+	 */
+	if (rule.archive && victims.n > 0)
+	{
+		partition = CqrsArchivePartition(skip_locked);
+		if (partition == NULL)
+		{
+			UnregisterSnapshot(snapshot);
+			CqrsRestoreSearchPath(save_nestlevel);
+			return 0;
+		}
+	}
+
+	/*
 	 * Delete with the scans' snapshot, not the transaction's: in a
 	 * REPEATABLE READ caller, the latter may not show events the scans
 	 * found, which the rule's positions are about to pass.
 	 */
-	removed = delete_victims(&victims, snapshot);
+	if (victims.n == 0)
+		removed = 0;
+	else if (rule.archive)
+		removed = CqrsArchiveMove(victims_array(&victims), snapshot);
+	else
+		removed = delete_victims(victims_array(&victims), snapshot);
 	UnregisterSnapshot(snapshot);
 	CqrsRestoreSearchPath(save_nestlevel);
 
@@ -626,10 +660,17 @@ retention_batch(const char *category, bool skip_locked, int64 limit, int64 budge
 						 ", \"last_position\": " INT64_FORMAT
 						 ", \"scan_position\": [" INT64_FORMAT ", " INT64_FORMAT "]"
 						 ", \"age_position\": [" INT64_FORMAT ", " INT64_FORMAT "]"
-						 ", \"bound\": " INT64_FORMAT "}",
+						 ", \"bound\": " INT64_FORMAT,
 						 victims.positions[0], victims.positions[victims.n - 1],
 						 rule.scan_position, scan_to, rule.age_position, age_to, bound);
-		CqrsAudit("retention", category, removed, json_to_jsonb(&detail));
+		if (partition != NULL)
+		{
+			appendStringInfoString(&detail, ", \"partition\": ");
+			escape_json(&detail, partition);
+		}
+		appendStringInfoChar(&detail, '}');
+		CqrsAudit(rule.archive ? "archive" : "retention", category, removed,
+				  json_to_jsonb(&detail));
 	}
 
 	if (removed > 0 || scan_to != rule.scan_position || age_to != rule.age_position)
@@ -679,10 +720,14 @@ rule_categories(MemoryContext cxt)
 
 /*
  * cqrs.set_retention(category text, max_age interval DEFAULT NULL,
- *					  max_count bigint DEFAULT NULL) RETURNS void
+ *					  max_count bigint DEFAULT NULL,
+ *					  archive boolean DEFAULT false) RETURNS void
  *
- * Creates or replaces the category's rule.  A changed rule starts its
- * scans again from the beginning of the log (see the file header).  Wakes
+ * Creates or replaces the category's rule.  A changed limit starts its
+ * scans again from the beginning of the log (see the file header); a
+ * changed archive flag alone does not (it changes where events go, not
+ * which).  archive needs 0.8.0's SQL (the 0.7.0 function has three
+ * arguments, so it never passes one).  Wakes
  * the launcher at commit, so that the database has a worker to run it.
  */
 Datum
@@ -690,9 +735,9 @@ cqrs_set_retention(PG_FUNCTION_ARGS)
 {
 	text	   *category;
 	RetentionRule rule = {0};
-	Oid			argtypes[4] = {TEXTOID, INTERVALOID, INT8OID, NAMEOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Oid			argtypes[5] = {TEXTOID, INTERVALOID, INT8OID, NAMEOID, BOOLOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	NameData	who;
 	StringInfoData detail;
 	int			rc;
@@ -702,6 +747,14 @@ cqrs_set_retention(PG_FUNCTION_ARGS)
 	rule.category = text_to_cstring(category);
 	rule.has_age = !PG_ARGISNULL(1);
 	rule.has_count = !PG_ARGISNULL(2);
+	if (PG_NARGS() > 3)
+	{
+		if (PG_ARGISNULL(3))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("archive must not be null")));
+		rule.archive = PG_GETARG_BOOL(3);
+	}
 	if (!rule.has_age && !rule.has_count)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -735,22 +788,27 @@ cqrs_set_retention(PG_FUNCTION_ARGS)
 	nulls[2] = rule.has_count ? ' ' : 'n';
 	namestrcpy(&who, GetUserNameFromId(GetUserId(), false));
 	values[3] = NameGetDatum(&who);
+	values[4] = BoolGetDatum(rule.archive);
 
 	CqrsSPIConnect();
 	/* a changed rule rescans from the start; an unchanged one keeps its place */
-	rc = CqrsCatalogExecute("INSERT INTO cqrs.retention_rules AS r"
-							" (category, max_age, max_count, set_by)"
-							" VALUES ($1, $2, $3, $4)"
-							" ON CONFLICT (category) DO UPDATE"
-							" SET max_age = EXCLUDED.max_age, max_count = EXCLUDED.max_count,"
-							"     set_by = EXCLUDED.set_by, set_at = pg_catalog.now(),"
-							"     scan_position = CASE WHEN r.max_age IS NOT DISTINCT FROM EXCLUDED.max_age"
-							"                          AND r.max_count IS NOT DISTINCT FROM EXCLUDED.max_count"
-							"                     THEN r.scan_position ELSE 0 END,"
-							"     age_position = CASE WHEN r.max_age IS NOT DISTINCT FROM EXCLUDED.max_age"
-							"                          AND r.max_count IS NOT DISTINCT FROM EXCLUDED.max_count"
-							"                     THEN r.age_position ELSE 0 END",
-							4, argtypes, values, nulls, false);
+	/* 0.7.0's SQL (three arguments) has no archive column to write */
+	rc = CqrsCatalogExecute(psprintf("INSERT INTO cqrs.retention_rules AS r"
+									 " (category, max_age, max_count, set_by%s)"
+									 " VALUES ($1, $2, $3, $4%s)"
+									 " ON CONFLICT (category) DO UPDATE"
+									 " SET max_age = EXCLUDED.max_age, max_count = EXCLUDED.max_count,%s"
+									 "     set_by = EXCLUDED.set_by, set_at = pg_catalog.now(),"
+									 "     scan_position = CASE WHEN r.max_age IS NOT DISTINCT FROM EXCLUDED.max_age"
+									 "                          AND r.max_count IS NOT DISTINCT FROM EXCLUDED.max_count"
+									 "                     THEN r.scan_position ELSE 0 END,"
+									 "     age_position = CASE WHEN r.max_age IS NOT DISTINCT FROM EXCLUDED.max_age"
+									 "                          AND r.max_count IS NOT DISTINCT FROM EXCLUDED.max_count"
+									 "                     THEN r.age_position ELSE 0 END",
+									 PG_NARGS() > 3 ? ", archive" : "",
+									 PG_NARGS() > 3 ? ", $5" : "",
+									 PG_NARGS() > 3 ? " archive = EXCLUDED.archive," : ""),
+							PG_NARGS() > 3 ? 5 : 4, argtypes, values, nulls, false);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "pg_cqrs: storing retention rule failed: %s", SPI_result_code_string(rc));
 
@@ -915,8 +973,9 @@ static bool
 worker_may_lock(void)
 {
 	Oid			nspid;
-	Oid			rels[4];
-	LOCKMODE	modes[4] = {RowExclusiveLock, RowExclusiveLock, AccessShareLock, RowExclusiveLock};
+	Oid			rels[5];
+	LOCKMODE	modes[5] = {RowExclusiveLock, RowExclusiveLock, AccessShareLock, RowExclusiveLock,
+	RowExclusiveLock};
 
 	if (!OidIsValid(get_extension_oid("pg_cqrs", true)) || !OidIsValid(rules_relid()))
 		return false;
@@ -925,8 +984,10 @@ worker_may_lock(void)
 	rels[1] = get_relname_relid("events", nspid);
 	rels[2] = get_relname_relid("projections", nspid);
 	rels[3] = get_relname_relid("lifecycle_log", nspid);
+	rels[4] = CqrsArchiveRelid();	/* InvalidOid before 0.8.0: not needed */
 	for (int i = 0; i < lengthof(rels); i++)
-		if (!OidIsValid(rels[i]) || !ConditionalLockRelationOid(rels[i], modes[i]))
+		if ((i < 4 && !OidIsValid(rels[i])) ||
+			(OidIsValid(rels[i]) && !ConditionalLockRelationOid(rels[i], modes[i])))
 			return false;
 	return true;
 }

@@ -1,0 +1,57 @@
+/* pg_cqrs 0.7.0 -> 0.8.0: archiving (issue 13) */
+
+\echo Use "ALTER EXTENSION pg_cqrs UPDATE TO '0.8.0'" to load this file. \quit
+
+-- An archive rule is a retention rule whose events are moved out of the
+-- log into cqrs.events_archive instead of deleted (src/retention.c,
+-- src/archive.c).
+
+ALTER TABLE cqrs.retention_rules
+    ADD COLUMN archive boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN cqrs.retention_rules.archive IS
+    'true: the rule moves events to cqrs.events_archive instead of deleting them';
+COMMENT ON COLUMN cqrs.retention_rules.removed IS
+    'events taken out of the log by the rule so far (deleted or moved)';
+
+-- The archive: the log's columns and when each row was moved, partitioned
+-- by month of archived_at so that an old month can be detached, dumped and
+-- dropped without touching the rest.  Partitions are made by the first
+-- batch that needs them (archive.c), as ordinary tables: pg_dump carries
+-- them with their rows, so the parent is not a configuration table.
+-- No unique constraint: a partitioned table's must include archived_at,
+-- which would prove nothing; each row left the log's unique indexes in the
+-- statement that inserted it here.
+CREATE TABLE cqrs.events_archive (
+    "position"  bigint      NOT NULL,
+    stream      text        NOT NULL,
+    version     bigint      NOT NULL,
+    id          uuid        NOT NULL,
+    type        text        NOT NULL,
+    data        jsonb       NOT NULL,
+    metadata    jsonb       NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    archived_at timestamptz NOT NULL
+) PARTITION BY RANGE (archived_at);
+CREATE INDEX events_archive_position_idx ON cqrs.events_archive ("position");
+CREATE INDEX events_archive_stream_version_idx ON cqrs.events_archive (stream, version);
+COMMENT ON TABLE cqrs.events_archive IS
+    'pg_cqrs archive: events moved out of the log by archive rules, one partition per month';
+
+-- History may hold personal data of every tenant: nobody but the owner
+-- reads it until a DBA grants SELECT, and row-level security without a
+-- policy means a grant alone still shows nothing (add policies, as for
+-- the log, or grant to a role that bypasses them).
+REVOKE ALL ON cqrs.events_archive FROM PUBLIC;
+ALTER TABLE cqrs.events_archive ENABLE ROW LEVEL SECURITY;
+
+DROP FUNCTION cqrs.set_retention(text, interval, bigint);
+CREATE FUNCTION cqrs.set_retention(category text,
+                                   max_age interval DEFAULT NULL,
+                                   max_count bigint DEFAULT NULL,
+                                   archive boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'cqrs_set_retention'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean) IS
+    'keep only the last max_count events, or those younger than max_age, of each stream of a category; archive moves the rest to cqrs.events_archive';
+REVOKE ALL ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean) FROM PUBLIC;
