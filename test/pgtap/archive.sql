@@ -149,10 +149,12 @@ SELECT ok(NOT EXISTS (SELECT FROM pg_depend
                        WHERE classid = 'pg_class'::regclass
                          AND objid = ('cqrs.' || :'part')::regclass AND deptype = 'e'),
           'the partition is not a member of the extension (pg_dump dumps it with its rows)');
-SELECT results_eq($$SELECT operation, target, events, performed_by::text,
+-- (performed_by is a name, collated "C": compared as text of the default
+-- collation, as the VALUES are)
+SELECT results_eq($$SELECT operation, target, events, performed_by::text COLLATE "default",
                            regexp_replace(detail->>'partition', '^cqrs\.', ''),
                            coalesce(detail->'rule'->>'archive', detail->>'archive')
-                      FROM cqrs.lifecycle_log ORDER BY id$$,
+                      FROM cqrs.lifecycle_log WHERE operation <> 'set_retention' ORDER BY id$$,
                   format($$VALUES ('archive'::text, 'mine'::text, 12::bigint,
                                    'regress_cqrs_deleter'::text, %L::text, 'true'::text)$$, :'part'),
                   'one audit row: operation archive, the deleter, the partition, an archive rule');
@@ -191,7 +193,7 @@ SELECT is((SELECT count(*) FROM public.events_archive), 0::bigint,
           'the look-alike archive was not written');
 -- (truncate_stream removed nothing from the log: whether it audits and
 -- counts archived rows alone is not checked here)
-SELECT results_eq($$SELECT operation, target, performed_by::text FROM cqrs.lifecycle_log
+SELECT results_eq($$SELECT operation, target, performed_by::text COLLATE "default" FROM cqrs.lifecycle_log
                      WHERE operation IN ('erase_stream', 'delete_stream') ORDER BY id$$,
                   $$VALUES ('erase_stream'::text, 'mine-1'::text, 'regress_cqrs_admin'::text),
                            ('delete_stream', 'mine-10', 'regress_cqrs_admin')$$,

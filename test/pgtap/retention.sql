@@ -16,7 +16,7 @@ GRANT USAGE ON SCHEMA cqrs TO regress_cqrs_stranger, regress_cqrs_deleter,
 GRANT DELETE, SELECT ON cqrs.events TO regress_cqrs_deleter, regress_cqrs_tenant;
 GRANT DELETE ON cqrs.events TO regress_cqrs_halfway;
 -- EXECUTE, so that the functions' own checks are what refuses
-GRANT EXECUTE ON FUNCTION cqrs.set_retention(text, interval, bigint),
+GRANT EXECUTE ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean),
     cqrs.drop_retention(text), cqrs.apply_retention(text, bigint)
     TO regress_cqrs_stranger, regress_cqrs_deleter, regress_cqrs_halfway, regress_cqrs_tenant;
 GRANT CREATE ON SCHEMA public TO regress_cqrs_deleter;
@@ -26,7 +26,7 @@ SELECT count(*) FROM generate_series(1, 5) i, LATERAL cqrs.append('victim-1', 'T
 SELECT count(*) FROM generate_series(1, 5) i, LATERAL cqrs.append('mine-1', 'T', jsonb_build_object('i', i)) a;
 
 -- EXECUTE is not PUBLIC's
-SELECT ok(NOT has_function_privilege('public', 'cqrs.set_retention(text, interval, bigint)', 'EXECUTE'),
+SELECT ok(NOT has_function_privilege('public', 'cqrs.set_retention(text, interval, bigint, boolean)', 'EXECUTE'),
           'set_retention is not PUBLIC');
 SELECT ok(NOT has_function_privilege('public', 'cqrs.drop_retention(text)', 'EXECUTE'),
           'drop_retention is not PUBLIC');
