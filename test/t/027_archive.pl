@@ -43,7 +43,9 @@ my $total = $streams * $per_stream;
 my $to_move = $streams * ($per_stream - 2);
 my $others = 2000;
 
+# PostgreSQL::Test::Cluster turns restart_after_crash off; the SIGKILLs need it
 my $node = cqrs_node('archive',
+	'restart_after_crash = on',
 	'cqrs.retention_batch_size = 200',
 	'cqrs.retention_naptime = 0');
 $node->safe_psql('postgres', q{
@@ -145,7 +147,7 @@ my $locker = IPC::Run::start(
 		'psql', '-X', '-A', '-t', '-q',
 		'-d', $node->connstr('postgres') . ' application_name=locker',
 		'-c', 'BEGIN',
-		'-c', q{SELECT count(*) FROM cqrs.events WHERE stream = 'acct-5' AND version = 10 FOR UPDATE},
+		'-c', q{SELECT version FROM cqrs.events WHERE stream = 'acct-5' AND version = 10 FOR UPDATE},
 		'-c', 'SELECT pg_sleep(600)'
 	],
 	'>', \$lout, '2>', \$lerr);
@@ -168,8 +170,13 @@ ok($waiting, 'the archive pass waits on the locked event, half-way');
 my $pid = $node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE application_name = 'archiver' AND state = 'active'});
 my $killed = $pid =~ /^\d+$/ && kill('KILL', $pid);
-ok($killed, "SIGKILL the archiving backend in the middle of its pass");
+ok($killed, "SIGKILL the archiving backend in the middle of its pass")
+  or diag "the archive pass: $out / $err";
 $h->finish;
+# without the crash the locker would sleep on, holding its lock
+$node->psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'locker'})
+  unless $killed;
 $locker->finish;
 # the postmaster restarts the cluster after a backend's SIGKILL
 $node->poll_query_until('postgres', 'SELECT true') or die 'the server did not come back';
