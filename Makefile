@@ -29,6 +29,7 @@ OBJS = \
 	src/filterscan.o \
 	src/import.o \
 	src/lifecycle.o \
+	src/redact.o \
 	src/archive.o \
 	src/event_input.o \
 	src/append.o \

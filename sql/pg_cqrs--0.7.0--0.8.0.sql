@@ -44,6 +44,28 @@ COMMENT ON TABLE cqrs.events_archive IS
 REVOKE ALL ON cqrs.events_archive FROM PUBLIC;
 ALTER TABLE cqrs.events_archive ENABLE ROW LEVEL SECURITY;
 
+-- set_retention gains an argument, so it is made anew, and EXECUTE grants
+-- on the old one go with it.  They are not re-made here: a GRANT run by an
+-- extension script is recorded as the function's initial privilege, which
+-- pg_dump leaves out, so a restore would lose it.  Name the roles instead.
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN
+        SELECT a.grantee::pg_catalog.regrole AS grantee
+        FROM pg_catalog.pg_proc p, LATERAL pg_catalog.aclexplode(p.proacl) a
+        WHERE p.oid OPERATOR(pg_catalog.=)
+                  'cqrs.set_retention(pg_catalog.text, pg_catalog.interval, pg_catalog.int8)'::pg_catalog.regprocedure
+          AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+          AND a.grantee OPERATOR(pg_catalog.<>) 0
+          AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        RAISE WARNING 'pg_cqrs 0.8.0 re-creates cqrs.set_retention with a fourth argument: role % loses EXECUTE on it', g.grantee
+            USING HINT = 'GRANT EXECUTE ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean) TO ' || g.grantee::pg_catalog.text || ';';
+    END LOOP;
+END
+$$;
 DROP FUNCTION cqrs.set_retention(text, interval, bigint);
 CREATE FUNCTION cqrs.set_retention(category text,
                                    max_age interval DEFAULT NULL,
@@ -55,3 +77,24 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean) IS
     'keep only the last max_count events, or those younger than max_age, of each stream of a category; archive moves the rest to cqrs.events_archive';
 REVOKE ALL ON FUNCTION cqrs.set_retention(text, interval, bigint, boolean) FROM PUBLIC;
+
+-- == Redaction: erasing chosen JSON paths instead of whole payloads ==
+-- (src/redact.c, src/lifecycle.c)
+
+CREATE FUNCTION cqrs.redact(data jsonb, paths jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'cqrs_redact'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION cqrs.redact(jsonb, jsonb) IS
+    'pg_cqrs: data with the value at each of paths (e.g. [["customer","email"]]) replaced by {"$erased": true}';
+
+CREATE FUNCTION cqrs.redact_stream(stream text, paths jsonb,
+                                   from_version bigint DEFAULT 1,
+                                   to_version bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cqrs_redact_stream'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION cqrs.redact_stream(text, jsonb, bigint, bigint) IS
+    'pg_cqrs: erase the values at chosen JSON paths of a stream''s events (log and archive), append $StreamRedacted; returns the events changed';
+-- as erase_stream: the function checks UPDATE, SELECT and INSERT on the log
+REVOKE EXECUTE ON FUNCTION cqrs.redact_stream(text, jsonb, bigint, bigint) FROM PUBLIC;

@@ -160,6 +160,29 @@ SELECT position AS last FROM cqrs.append('order-3', 'OrderRefunded', '{}') \gset
 SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
 SELECT * FROM order_totals ORDER BY stream;
 SELECT * FROM cqrs.verify('order_totals');
+-- a retention rule set through 0.7.0's three-argument function, with the
+-- 0.8.0 library already loaded
+SELECT cqrs.set_retention('nothing', max_count => 5);
+-- a DBA's EXECUTE grant on it is named by the update, which re-creates it
+CREATE ROLE upgrade_retention_admin;
+GRANT EXECUTE ON FUNCTION cqrs.set_retention(text, interval, bigint) TO upgrade_retention_admin;
+
+--
+-- on to 0.8.0 (archiving): the rule deletes as before; archive rules work
+--
+ALTER EXTENSION pg_cqrs UPDATE TO '0.8.0';
+SELECT extversion FROM pg_extension WHERE extname = 'pg_cqrs';
+SELECT category, max_count, archive FROM cqrs.retention_rules;
+SELECT cqrs.set_retention('nothing', max_count => 5, archive => true);
+SELECT category, max_count, archive FROM cqrs.retention_rules;
+SELECT cqrs.drop_retention('nothing');
+SELECT has_function_privilege('upgrade_retention_admin',
+       'cqrs.set_retention(text, interval, bigint, boolean)', 'EXECUTE') AS still_granted;
+DROP ROLE upgrade_retention_admin;
+SELECT position AS last FROM cqrs.append('order-3', 'OrderArchived', '{}') \gset
+SELECT cqrs.wait_for_projection('all_events', :last, '60 s');
+SELECT * FROM order_totals ORDER BY stream;
+SELECT * FROM cqrs.verify('order_totals');
 
 --
 -- the updated extension has exactly the objects, and the same definitions,

@@ -943,12 +943,18 @@ catch_up_step(CqrsProjection *p, int64 limit, CqrsBatchResult *result)
 		return;
 	}
 
-	/* the switch: appends wait from here to our commit */
+	/*
+	 * the switch: appends wait from here to our commit (the worker logs how
+	 * long, from these two times, once it has committed)
+	 */
+	result->switch_asked = GetCurrentTimestamp();
 	if (!switch_lock())
 	{
+		result->switch_asked = 0;
 		table_close(events, NoLock);
 		return;					/* still 'c', nothing examined: later */
 	}
+	result->switch_locked = GetCurrentTimestamp();
 	head = CqrsMaxPosition(events, GetLatestSnapshot());
 	store = tuplestore_begin_heap(false, false, work_mem);
 	result->examined = CqrsCollectEvents(events, projection_filter(p, &fbuf), p->position,

@@ -100,6 +100,38 @@ CqrsArchiveRelid(void)
 	return OidIsValid(nspid) ? get_relname_relid("events_archive", nspid) : InvalidOid;
 }
 
+/*
+ * This month's bounds in UTC, lo and hi, as timestamptz.  The month is
+ * added to the UTC timestamp, not to the timestamptz: that would add it
+ * in the session's time zone and end the month at another hour.
+ */
+#define MONTH_BOUNDS \
+	"pg_catalog.timezone('UTC', d.m) AS lo," \
+	" pg_catalog.timezone('UTC', d.m OPERATOR(pg_catalog.+) '1 month'::pg_catalog.interval) AS hi" \
+	" FROM (SELECT pg_catalog.date_trunc('month', pg_catalog.timezone('UTC', pg_catalog.now())) AS m) d"
+
+/*
+ * Run a read-only query of ours with a snapshot taken now, not the
+ * statement's: after waiting for the archive's lock, the partition that
+ * the transaction we waited for made must be seen, even under REPEATABLE
+ * READ.
+ */
+static void
+query_latest(const char *sql, int nargs, Oid *argtypes, Datum *values)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	int			rc;
+
+	if (plan == NULL)
+		elog(ERROR, "pg_cqrs: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							  true, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "pg_cqrs: reading the archive's partitions failed: %s",
+			 SPI_result_code_string(rc));
+	SPI_freeplan(plan);
+}
+
 /* The first row of the last SPI result, column 1, as text (NULL if none). */
 static char *
 first_text(void)
@@ -118,27 +150,21 @@ find_partition(Oid archive)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(archive)};
-	int			rc;
 
 	/*
 	 * Bounds are compared as pg_get_expr prints them, which is how this
 	 * file wrote them (format %L of the same timestamptz values, in the
 	 * same session's DateStyle and TimeZone).
 	 */
-	rc = SPI_execute_with_args(
-		"WITH m AS (SELECT pg_catalog.timezone('UTC', pg_catalog.date_trunc('month',"
-		"                  pg_catalog.timezone('UTC', pg_catalog.now()))) AS lo)"
+	query_latest(
+		"WITH m AS (SELECT " MONTH_BOUNDS ")"
 		" SELECT c.relname::pg_catalog.text"
 		" FROM pg_catalog.pg_inherits i"
 		" JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid, m"
 		" WHERE i.inhparent OPERATOR(pg_catalog.=) $1"
 		" AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) OPERATOR(pg_catalog.=)"
-		"     pg_catalog.format('FOR VALUES FROM (%L) TO (%L)', m.lo,"
-		"         m.lo OPERATOR(pg_catalog.+) '1 month'::pg_catalog.interval)",
-		1, argtypes, values, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "pg_cqrs: looking up the archive's partitions failed: %s",
-			 SPI_result_code_string(rc));
+		"     pg_catalog.format('FOR VALUES FROM (%L) TO (%L)', m.lo, m.hi)",
+		1, argtypes, values);
 	return first_text();
 }
 
@@ -154,9 +180,8 @@ create_partition(void)
 	char	   *ddl;
 	char	   *name;
 
-	rc = SPI_execute(
-		"WITH m AS (SELECT pg_catalog.timezone('UTC', pg_catalog.date_trunc('month',"
-		"                  pg_catalog.timezone('UTC', pg_catalog.now()))) AS lo),"
+	query_latest(
+		"WITH m AS (SELECT " MONTH_BOUNDS "),"
 		" n AS (SELECT 'events_archive_' OPERATOR(pg_catalog.||)"
 		"              pg_catalog.to_char(pg_catalog.timezone('UTC', m.lo), 'YYYY_MM') AS base"
 		"       FROM m),"
@@ -170,13 +195,11 @@ create_partition(void)
 		"                                ELSE n.base OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.k::pg_catalog.text END))"
 		"          ORDER BY s.k LIMIT 1)"
 		" SELECT pg_catalog.format('CREATE TABLE cqrs.%I PARTITION OF cqrs.events_archive"
-		"                           FOR VALUES FROM (%L) TO (%L)', free.name, m.lo,"
-		"                           m.lo OPERATOR(pg_catalog.+) '1 month'::pg_catalog.interval),"
+		"                           FOR VALUES FROM (%L) TO (%L)', free.name, m.lo, m.hi),"
 		"        free.name"
-		" FROM free, m", true, 1);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "pg_cqrs: naming the archive's partition failed: %s",
-			 SPI_result_code_string(rc));
+		" FROM free, m", 0, NULL, NULL);
+	if (SPI_processed != 1)
+		elog(ERROR, "pg_cqrs: no free name for the archive's partition");
 	ddl = first_text();
 	name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 
@@ -371,6 +394,39 @@ CqrsArchiveDelete(text *stream, int64 before_version)
 		2, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "pg_cqrs: deleting archived events failed: %s", SPI_result_code_string(rc));
+	log_owner_leave(&scope);
+	return (int64) SPI_processed;
+}
+
+/*
+ * CqrsArchiveRedact
+ *		redact_stream's reach into the archive: cqrs.redact() the data of
+ *		the stream's archived events in [from, to] (system events left
+ *		alone); returns how many changed.  As CqrsArchiveErase.
+ */
+int64
+CqrsArchiveRedact(text *stream, int64 from, int64 to, Jsonb *paths)
+{
+	Oid			argtypes[4] = {TEXTOID, INT8OID, INT8OID, JSONBOID};
+	Datum		values[4] = {PointerGetDatum(stream), Int64GetDatum(from), Int64GetDatum(to),
+		JsonbPGetDatum(paths)};
+	LogOwnerScope scope;
+	int			rc;
+
+	if (!OidIsValid(CqrsArchiveRelid()))
+		return 0;
+	log_owner_enter(&scope);
+	rc = SPI_execute_with_args(
+		"UPDATE cqrs.events_archive a"
+		" SET data = cqrs.redact(a.data, $4)"
+		" WHERE a.stream OPERATOR(pg_catalog.=) $1"
+		" AND a.version OPERATOR(pg_catalog.>=) $2"
+		" AND a.version OPERATOR(pg_catalog.<=) $3"
+		" AND NOT pg_catalog.starts_with(a.type, '$')"
+		" AND cqrs.redact(a.data, $4) OPERATOR(pg_catalog.<>) a.data",
+		4, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "pg_cqrs: redacting archived events failed: %s", SPI_result_code_string(rc));
 	log_owner_leave(&scope);
 	return (int64) SPI_processed;
 }

@@ -31,6 +31,13 @@
  *		learn of it in order, and records the operation in
  *		cqrs.lifecycle_log (audit.c).
  *
+ * What a delete, truncation or erasure does to the log it also does to the
+ * stream's rows in cqrs.events_archive (0.8.0, archive.c), where archive
+ * rules moved its older history: a person's data must not survive there.
+ * Those statements run as the log's owner, the caller's rights on the log
+ * having been checked as above; the counts returned and audited include
+ * them.
+ *
  * Invariants (shared with retention).  A stream's highest-version event
  * is never removed: truncation keeps it, and a hard delete leaves the
  * tombstone as head for ever.  So appends, which number from the head,
@@ -67,6 +74,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "tcop/utility.h"
@@ -84,14 +92,13 @@
 PG_FUNCTION_INFO_V1(cqrs_delete_stream);
 PG_FUNCTION_INFO_V1(cqrs_truncate_stream);
 PG_FUNCTION_INFO_V1(cqrs_erase_stream);
-
-/* What erase_stream writes over data (and metadata, unless kept). */
-#define ERASED_MARKER "{\"$erased\": true}"
+PG_FUNCTION_INFO_V1(cqrs_redact_stream);
 
 /* Kept plans, prepared on first use (search_path restricted) */
 static SPIPlanPtr head_visible_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr erase_plan = NULL;
+static SPIPlanPtr redact_plan = NULL;
 
 /* The stream acted upon, locked, with its final head. */
 typedef struct LockedStream
@@ -267,14 +274,16 @@ execute_rewrite(SPIPlanPtr plan, Datum *values, int expected_rc)
 
 /*
  * After step 4: count the events of the stream with versions in [lo, hi]
- * that the statement should have removed (marker NULL) or erased (marker
+ * that the statement should have removed (marker NULL), erased (marker
  * given: rows that are not system events and whose data, or metadata
- * unless kept, is not the marker), reading with a fresh snapshot that
- * shows our own changes.  Not through SQL: row-level security must not
- * hide what is left.
+ * unless kept, is not the marker) or redacted (redact given: rows that
+ * are not system events and whose data redaction would still change),
+ * reading with a fresh snapshot that shows our own changes.  Not through
+ * SQL: row-level security must not hide what is left.
  */
 static int64
-count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metadata)
+count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metadata,
+		   const CqrsRedactPaths *redact)
 {
 	Relation	index;
 	IndexScanDesc scan;
@@ -310,6 +319,12 @@ count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metada
 		if (VARSIZE_ANY_EXHDR(type) > 0 && *VARDATA_ANY(type) == '$')
 			continue;
 		jb = DatumGetJsonbP(slot_getattr(slot, Anum_events_data, &isnull));
+		if (redact != NULL)
+		{
+			if (CqrsRedact(jb, redact, marker) != jb)
+				left++;
+			continue;
+		}
 		if (VARSIZE(jb) != VARSIZE(marker) || memcmp(jb, marker, VARSIZE(marker)) != 0)
 		{
 			left++;
@@ -361,9 +376,29 @@ delete_below(LockedStream *ls, int64 before_version, const char *what)
 			" AND e.version OPERATOR(pg_catalog.<) $2", 2, argtypes);
 	}
 	deleted = execute_rewrite(delete_plan, values, SPI_OK_DELETE);
-	require_none_left(ls, count_left(ls, 1, before_version - 1, NULL, false), what);
+	require_none_left(ls, count_left(ls, 1, before_version - 1, NULL, false, NULL), what);
 	/* and the stream's history moved to the archive (archive.c) */
 	return (int64) deleted + CqrsArchiveDelete(ls->stream, before_version);
+}
+
+/*
+ * The version range of erase_stream and redact_stream, arguments argno and
+ * argno + 1: from (NULL: 1) and to (NULL: the head, *has_to false).
+ */
+static void
+version_range_args(FunctionCallInfo fcinfo, int argno, int64 *from, int64 *to, bool *has_to)
+{
+	*from = PG_ARGISNULL(argno) ? 1 : PG_GETARG_INT64(argno);
+	*has_to = !PG_ARGISNULL(argno + 1);
+	*to = *has_to ? PG_GETARG_INT64(argno + 1) : 0;
+	if (*from < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_version must be positive")));
+	if (*has_to && *to < *from)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("to_version must not be below from_version")));
 }
 
 static bool
@@ -534,18 +569,8 @@ cqrs_erase_stream(PG_FUNCTION_ARGS)
 	check_rights(ACL_UPDATE, "cqrs.erase_stream()");
 	stream = CqrsCheckNameArg(fcinfo, 0, "stream");
 	CqrsCheckNameLength(stream, CQRS_MAX_STREAM_LEN, "stream name");
-	from = PG_ARGISNULL(1) ? 1 : PG_GETARG_INT64(1);
-	has_to = !PG_ARGISNULL(2);
-	to = has_to ? PG_GETARG_INT64(2) : 0;
+	version_range_args(fcinfo, 1, &from, &to, &has_to);
 	keep_metadata = bool_arg(fcinfo, 3, "keep_metadata");
-	if (from < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("from_version must be positive")));
-	if (has_to && to < from)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("to_version must not be below from_version")));
 
 	lock_stream(stream, &ls);
 	refuse_deleted(&ls, "erase");
@@ -557,7 +582,7 @@ cqrs_erase_stream(PG_FUNCTION_ARGS)
 		PG_RETURN_INT64(0);
 	}
 
-	marker = jsonb_from(ERASED_MARKER);
+	marker = CqrsErasedMarker();
 	CqrsSPIConnect();
 	nestlevel = CqrsRestrictSearchPath();
 	{
@@ -583,7 +608,7 @@ cqrs_erase_stream(PG_FUNCTION_ARGS)
 		}
 		erased = execute_rewrite(erase_plan, values, SPI_OK_UPDATE);
 	}
-	require_none_left(&ls, count_left(&ls, from, to, marker, keep_metadata), "erase");
+	require_none_left(&ls, count_left(&ls, from, to, marker, keep_metadata, NULL), "erase");
 	/* and the stream's history moved to the archive (archive.c) */
 	erased += CqrsArchiveErase(ls.stream, from, to, marker, keep_metadata);
 	if (erased > 0)
@@ -605,4 +630,103 @@ cqrs_erase_stream(PG_FUNCTION_ARGS)
 
 	unlock_stream(&ls);
 	PG_RETURN_INT64((int64) erased);
+}
+
+/*
+ * cqrs.redact_stream(stream text, paths jsonb, from_version bigint,
+ *					  to_version bigint) RETURNS bigint
+ *
+ * Replaces the values at the given JSON paths (redact.c) in the data of
+ * the stream's events in [from_version, to_version] (to_version NULL: the
+ * head) with {"$erased": true}, in the log and the archive, keeping
+ * everything else; system events are left as they are.  Appends
+ * $StreamRedacted ({"from_version", "to_version", "paths"}) so handlers
+ * can redact their read tables the same way, and returns the number of
+ * events changed; redacting again writes nothing and returns 0.  The
+ * rights are erase_stream's: UPDATE, SELECT and INSERT on cqrs.events.
+ */
+Datum
+cqrs_redact_stream(PG_FUNCTION_ARGS)
+{
+	text	   *stream;
+	Jsonb	   *paths_arg;
+	CqrsRedactPaths *paths;
+	int64		from;
+	int64		to;
+	bool		has_to;
+	LockedStream ls;
+	int64		redacted;
+	int64		position;
+	int			nestlevel;
+	StringInfoData json;
+
+	check_rights(ACL_UPDATE, "cqrs.redact_stream()");
+	stream = CqrsCheckNameArg(fcinfo, 0, "stream");
+	CqrsCheckNameLength(stream, CQRS_MAX_STREAM_LEN, "stream name");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("paths must not be null")));
+	paths_arg = PG_GETARG_JSONB_P(1);
+	paths = CqrsParseRedactPaths(paths_arg);
+	version_range_args(fcinfo, 2, &from, &to, &has_to);
+
+	lock_stream(stream, &ls);
+	refuse_deleted(&ls, "redact");
+	if (!has_to || to > ls.version)
+		to = ls.version;
+	if (from > to)
+	{
+		unlock_stream(&ls);
+		PG_RETURN_INT64(0);
+	}
+
+	CqrsSPIConnect();
+	nestlevel = CqrsRestrictSearchPath();
+	{
+		Datum		values[4] = {PointerGetDatum(ls.stream), Int64GetDatum(from),
+			Int64GetDatum(to), JsonbPGetDatum(paths_arg)};
+
+		if (redact_plan == NULL)
+		{
+			Oid			argtypes[4] = {TEXTOID, INT8OID, INT8OID, JSONBOID};
+
+			/* rows redaction would not change are left alone and not counted */
+			redact_plan = CqrsPrepareKept(
+				"UPDATE cqrs.events e"
+				" SET data = cqrs.redact(e.data, $4)"
+				" WHERE e.stream OPERATOR(pg_catalog.=) $1"
+				" AND e.version OPERATOR(pg_catalog.>=) $2"
+				" AND e.version OPERATOR(pg_catalog.<=) $3"
+				" AND NOT pg_catalog.starts_with(e.type, '$')"
+				" AND cqrs.redact(e.data, $4) OPERATOR(pg_catalog.<>) e.data",
+				4, argtypes);
+		}
+		redacted = (int64) execute_rewrite(redact_plan, values, SPI_OK_UPDATE);
+	}
+	require_none_left(&ls, count_left(&ls, from, to, CqrsErasedMarker(), false, paths),
+					  "redact");
+	redacted += CqrsArchiveRedact(ls.stream, from, to, paths_arg);
+	if (redacted > 0)
+	{
+		initStringInfo(&json);
+		appendStringInfo(&json,
+						 "{\"from_version\": " INT64_FORMAT ", \"to_version\": " INT64_FORMAT
+						 ", \"paths\": %s}",
+						 from, to, JsonbToCString(NULL, &paths_arg->root, VARSIZE(paths_arg)));
+		position = append_system_event(&ls, CQRS_TYPE_STREAM_REDACTED, jsonb_from(json.data));
+		resetStringInfo(&json);
+		appendStringInfo(&json,
+						 "{\"from_version\": " INT64_FORMAT ", \"to_version\": " INT64_FORMAT
+						 ", \"paths\": %s, \"version\": " INT64_FORMAT
+						 ", \"position\": " INT64_FORMAT "}",
+						 from, to, JsonbToCString(NULL, &paths_arg->root, VARSIZE(paths_arg)),
+						 ls.version + 1, position);
+		CqrsAudit("redact_stream", text_to_cstring(stream), redacted, jsonb_from(json.data));
+	}
+	CqrsRestoreSearchPath(nestlevel);
+	SPI_finish();
+
+	unlock_stream(&ls);
+	PG_RETURN_INT64(redacted);
 }

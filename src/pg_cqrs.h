@@ -53,6 +53,7 @@
  *	eventlog.c			the log's relations: OIDs, stream locks, index probes
  *	wakeup.c			latches and the progress condition variable
  *	guard.c				the guards of cqrs.events: append-only, written only by append
+ *	redact.c			cqrs.redact: values at chosen JSON paths replaced by the erased marker
  *
  * Copyright (c) 2026, pg_cqrs developers
  *
@@ -72,6 +73,7 @@
 #include "access/xlogdefs.h"
 #include "nodes/parsenodes.h"
 #include "storage/lockdefs.h"
+#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
@@ -101,6 +103,14 @@ extern int	cqrs_lifecycle_idle_timeout;
 
 /* The metadata key under which handler-made events record their cause. */
 #define CQRS_CAUSATION_KEY "$causation"
+
+/* redact.c */
+/* What erase_stream and redact_stream write over erased values. */
+#define CQRS_ERASED_MARKER "{\"$erased\": true}"
+typedef struct CqrsRedactPaths CqrsRedactPaths;
+extern CqrsRedactPaths *CqrsParseRedactPaths(Jsonb *paths);
+extern Jsonb *CqrsRedact(Jsonb *data, const CqrsRedactPaths *paths, Jsonb *marker);
+extern Jsonb *CqrsErasedMarker(void);
 
 /* guard.c */
 extern void CqrsAllowAppendInsert(void);
@@ -167,6 +177,7 @@ extern bool CqrsStreamHead(Relation events, text *stream, Snapshot snapshot,
 #define CQRS_TYPE_STREAM_DELETED	"$StreamDeleted"
 #define CQRS_TYPE_STREAM_TRUNCATED	"$StreamTruncated"
 #define CQRS_TYPE_STREAM_ERASED		"$StreamErased"
+#define CQRS_TYPE_STREAM_REDACTED	"$StreamRedacted"
 typedef enum CqrsStreamState
 {
 	CQRS_STREAM_LIVE,
@@ -405,6 +416,10 @@ typedef struct CqrsBatchResult
 	int64		applied;		/* events handed to the handler and kept */
 	int64		position;		/* checkpoint afterwards */
 	int64		safe;			/* the safe position the batch stopped at */
+	TimestampTz switch_asked;	/* a catching-up sync projection's switch:
+								 * when its lock was asked for, and got (0:
+								 * no switch in this batch) */
+	TimestampTz switch_locked;
 } CqrsBatchResult;
 
 /* What replay and reconcile need to know about a projection. */
@@ -481,6 +496,7 @@ extern int64 CqrsArchiveMove(Datum positions, Snapshot snapshot);
 extern int64 CqrsArchiveErase(text *stream, int64 from, int64 to, Jsonb *marker,
 							  bool keep_metadata);
 extern int64 CqrsArchiveDelete(text *stream, int64 before_version);
+extern int64 CqrsArchiveRedact(text *stream, int64 from, int64 to, Jsonb *paths);
 
 /* lifecycle.c exports only its SQL functions */
 

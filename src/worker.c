@@ -497,7 +497,7 @@ worker_apply_one(const char *name, bool *worked)
 
 	PG_TRY();
 	{
-		CqrsBatchResult r;
+		CqrsBatchResult r = {0};
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
@@ -517,6 +517,25 @@ worker_apply_one(const char *name, bool *worked)
 		}
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
+
+		/*
+		 * A sync projection back in the appends' hands: say how long appends
+		 * waited for it, lock wait through commit (README, "Online sync
+		 * projections"; bench group online_sync reads this line).
+		 */
+		if (r.state == 'r' && r.switch_asked != 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			ereport(LOG,
+					(errmsg("pg_cqrs: sync projection \"%s\" switched back to in-append application at position %lld",
+							name, (long long) r.position),
+					 errdetail("Appends were held for at most %.3f ms: %.3f ms waiting for the lock, %.3f ms applying the last %lld events and committing.",
+							   (double) (now - r.switch_asked) / 1000.0,
+							   (double) (r.switch_locked - r.switch_asked) / 1000.0,
+							   (double) (now - r.switch_locked) / 1000.0,
+							   (long long) r.applied)));
+		}
 	}
 	PG_CATCH();
 	{

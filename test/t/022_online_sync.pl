@@ -129,6 +129,7 @@ is($node->safe_psql('postgres', q{SELECT bool_and(matches) FROM cqrs.verify('p')
 foreach my $how ('SIGKILL', 'immediate shutdown')
 {
 	my $blocker = $node->background_psql('postgres');
+	my $log_offset = -s $node->logfile;
 	$blocker->query_safe('SELECT pg_advisory_lock(1)');
 	is( $node->safe_psql(
 			'postgres',
@@ -171,6 +172,16 @@ foreach my $how ('SIGKILL', 'immediate shutdown')
 			'postgres',
 			q{SELECT state = 'running' FROM cqrs.projection_status WHERE name = 'p'}),
 		"after $how the worker finishes the replay");
+	# and says how long appends were held at the switch (the line follows
+	# the commit that shows 'running', so wait for it)
+	ok( defined $node->wait_for_log(
+			qr/Appends were held for at most \d+\.\d+ ms: \d+\.\d+ ms waiting for the lock, \d+\.\d+ ms applying the last \d+ events and committing/,
+			$log_offset),
+		"after $how the log says how long appends were held");
+	ok( $node->log_contains(
+			qr/sync projection "p" switched back to in-append application at position \d+/,
+			$log_offset),
+		"after $how the worker logs the switch");
 	is($node->safe_psql('postgres', 'SELECT count(*) FROM problems'),
 		'0', "after $how: the read table holds the log, each event once");
 	is($node->safe_psql('postgres', q{SELECT bool_and(matches) FROM cqrs.verify('p')}),
