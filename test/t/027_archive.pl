@@ -20,9 +20,11 @@
 # 3. The passes on again: the worker is killed with SIGKILL in the middle,
 #    comes back by itself, and finishes the rule: every "acct" stream holds
 #    versions 19 and 20 in the log and 1..18 in the archive.
-# 4. pg_dump -Fc and pg_restore into a new database: the partitions come
-#    back with their rows and indexes, the archive keeps row-level security,
-#    the rule keeps archive = true, and archiving continues there.
+# 4. pg_dump -Fc and pg_restore into a new database, without an error
+#    (and so also with --single-transaction, which stops at the first): the
+#    partitions come back with their rows and indexes, the archive keeps
+#    row-level security, the rule keeps archive = true, and archiving
+#    continues there.
 # 5. The current month's partition detached (kept under its name): the next
 #    batch creates a new partition with the suffix _2 and moves into it; the
 #    detached table keeps its rows.
@@ -321,6 +323,12 @@ $node->safe_psql('postgres', 'CREATE DATABASE target');
 # pg_restore exits non-zero if any statement failed
 $node->command_ok([ 'pg_restore', '-d', $node->connstr('target'), $dump ],
 	'pg_restore without an error');
+# and so a restore in one transaction, which stops at the first error
+$node->safe_psql('postgres', 'CREATE DATABASE target_one');
+$node->command_ok([ 'pg_restore', '--single-transaction', '-d', $node->connstr('target_one'), $dump ],
+	'pg_restore --single-transaction succeeds');
+my (undef, $restored_one) = $node->psql('target_one', 'SELECT count(*) FROM cqrs.events_archive');
+is($restored_one, $to_move, 'and restores the archive\'s rows');
 is($node->safe_psql('target', $partitions), $parts_before,
 	'the restored archive has the same partitions, attached, row-level security on, with their indexes');
 is($node->safe_psql('target', $archive_rows), $node->safe_psql('postgres', $archive_rows),
