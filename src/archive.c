@@ -296,7 +296,6 @@ CqrsArchiveMove(Datum positions, Snapshot snapshot)
 	Datum		values[1] = {positions};
 	LogOwnerScope scope;
 	SPIPlanPtr	plan;
-	volatile int rc = 0;
 	int64		moved;
 
 	log_owner_enter(&scope);
@@ -314,23 +313,32 @@ CqrsArchiveMove(Datum positions, Snapshot snapshot)
 	plan = SPI_prepare(sql, 1, argtypes);
 	if (plan == NULL)
 		elog(ERROR, "pg_cqrs: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	PG_TRY();
-	{
-		CqrsAllowLogRewrite();
-		rc = SPI_execute_snapshot(plan, values, NULL, snapshot, InvalidSnapshot,
-								  false, true, 0);
-	}
-	PG_FINALLY();
-	{
-		CqrsEndLogRewrite();
-	}
-	PG_END_TRY();
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "pg_cqrs: archive move failed: %s", SPI_result_code_string(rc));
-	moved = (int64) SPI_processed;
+	moved = (int64) CqrsExecuteLogRewrite(plan, values, snapshot, SPI_OK_INSERT);
 	SPI_freeplan(plan);
 	log_owner_leave(&scope);
 	return moved;
+}
+
+/*
+ * Run one of the lifecycle functions' statements on the archive, as the
+ * log's owner (SPI connected; the caller checked the rights, lifecycle.c);
+ * 0 before 0.8.0, which has no archive.  Returns the rows processed.
+ */
+static int64
+archive_execute(const char *sql, int nargs, Oid *argtypes, Datum *values, int expected_rc)
+{
+	LogOwnerScope scope;
+	int			rc;
+
+	if (!OidIsValid(CqrsArchiveRelid()))
+		return 0;
+	log_owner_enter(&scope);
+	rc = SPI_execute_with_args(sql, nargs, argtypes, values, NULL, false, 0);
+	if (rc != expected_rc)
+		elog(ERROR, "pg_cqrs: changing the stream's archived events failed: %s",
+			 SPI_result_code_string(rc));
+	log_owner_leave(&scope);
+	return (int64) SPI_processed;
 }
 
 /*
@@ -347,13 +355,8 @@ CqrsArchiveErase(text *stream, int64 from, int64 to, Jsonb *marker, bool keep_me
 	Oid			argtypes[5] = {TEXTOID, INT8OID, INT8OID, JSONBOID, BOOLOID};
 	Datum		values[5] = {PointerGetDatum(stream), Int64GetDatum(from), Int64GetDatum(to),
 		JsonbPGetDatum(marker), BoolGetDatum(keep_metadata)};
-	LogOwnerScope scope;
-	int			rc;
 
-	if (!OidIsValid(CqrsArchiveRelid()))
-		return 0;
-	log_owner_enter(&scope);
-	rc = SPI_execute_with_args(
+	return archive_execute(
 		"UPDATE cqrs.events_archive a"
 		" SET data = $4,"
 		" metadata = CASE WHEN $5 THEN a.metadata ELSE $4 END"
@@ -363,11 +366,7 @@ CqrsArchiveErase(text *stream, int64 from, int64 to, Jsonb *marker, bool keep_me
 		" AND NOT pg_catalog.starts_with(a.type, '$')"
 		" AND NOT (a.data OPERATOR(pg_catalog.=) $4"
 		"  AND ($5 OR a.metadata OPERATOR(pg_catalog.=) $4))",
-		5, argtypes, values, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "pg_cqrs: erasing archived events failed: %s", SPI_result_code_string(rc));
-	log_owner_leave(&scope);
-	return (int64) SPI_processed;
+		5, argtypes, values, SPI_OK_UPDATE);
 }
 
 /*
@@ -381,21 +380,12 @@ CqrsArchiveDelete(text *stream, int64 before_version)
 {
 	Oid			argtypes[2] = {TEXTOID, INT8OID};
 	Datum		values[2] = {PointerGetDatum(stream), Int64GetDatum(before_version)};
-	LogOwnerScope scope;
-	int			rc;
 
-	if (!OidIsValid(CqrsArchiveRelid()))
-		return 0;
-	log_owner_enter(&scope);
-	rc = SPI_execute_with_args(
+	return archive_execute(
 		"DELETE FROM cqrs.events_archive a"
 		" WHERE a.stream OPERATOR(pg_catalog.=) $1"
 		" AND a.version OPERATOR(pg_catalog.<) $2",
-		2, argtypes, values, NULL, false, 0);
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "pg_cqrs: deleting archived events failed: %s", SPI_result_code_string(rc));
-	log_owner_leave(&scope);
-	return (int64) SPI_processed;
+		2, argtypes, values, SPI_OK_DELETE);
 }
 
 /*
@@ -410,13 +400,8 @@ CqrsArchiveRedact(text *stream, int64 from, int64 to, Jsonb *paths)
 	Oid			argtypes[4] = {TEXTOID, INT8OID, INT8OID, JSONBOID};
 	Datum		values[4] = {PointerGetDatum(stream), Int64GetDatum(from), Int64GetDatum(to),
 		JsonbPGetDatum(paths)};
-	LogOwnerScope scope;
-	int			rc;
 
-	if (!OidIsValid(CqrsArchiveRelid()))
-		return 0;
-	log_owner_enter(&scope);
-	rc = SPI_execute_with_args(
+	return archive_execute(
 		"UPDATE cqrs.events_archive a"
 		" SET data = cqrs.redact(a.data, $4)"
 		" WHERE a.stream OPERATOR(pg_catalog.=) $1"
@@ -424,9 +409,5 @@ CqrsArchiveRedact(text *stream, int64 from, int64 to, Jsonb *paths)
 		" AND a.version OPERATOR(pg_catalog.<=) $3"
 		" AND NOT pg_catalog.starts_with(a.type, '$')"
 		" AND cqrs.redact(a.data, $4) OPERATOR(pg_catalog.<>) a.data",
-		4, argtypes, values, NULL, false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "pg_cqrs: redacting archived events failed: %s", SPI_result_code_string(rc));
-	log_owner_leave(&scope);
-	return (int64) SPI_processed;
+		4, argtypes, values, SPI_OK_UPDATE);
 }

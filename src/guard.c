@@ -49,6 +49,7 @@
 #include "postgres.h"
 
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -68,9 +69,9 @@ static bool append_insert_allowed = false;
  * operations' own (0.7.0: deleting, truncating, erasing, retention,
  * archiving).  These are the controlled exceptions to append-only: each is
  * a C function that checks its caller's right, writes its audit row and
- * runs one prepared, fully qualified statement between
- * CqrsAllowLogRewrite() and CqrsEndLogRewrite(), exactly as append does
- * for its INSERT.  TRUNCATE is never let through.
+ * runs one prepared, fully qualified statement through
+ * CqrsExecuteLogRewrite(), which gives the permission for that statement
+ * only, as append does for its INSERT.  TRUNCATE is never let through.
  */
 static bool log_rewrite_allowed = false;
 
@@ -98,26 +99,38 @@ CqrsEndAppendInsert(void)
 }
 
 /*
- * CqrsAllowLogRewrite
- *		Let the next UPDATE or DELETE statement on cqrs.events through the
- *		guard.  Call immediately before executing a lifecycle operation's
- *		own statement.
+ * CqrsExecuteLogRewrite
+ *		Execute one of pg_cqrs's own UPDATE or DELETE statements on
+ *		cqrs.events (a lifecycle operation's, a retention or archive batch's)
+ *		through the guard: the permission is given immediately before and
+ *		withdrawn after, also on error, so a caught error cannot leave it
+ *		open.  With a snapshot, the statement reads with it (SPI_execute_
+ *		snapshot); else as usual.  SPI connected; raises an error unless
+ *		the result is expected_rc; returns the rows processed.
  */
-void
-CqrsAllowLogRewrite(void)
+uint64
+CqrsExecuteLogRewrite(SPIPlanPtr plan, Datum *values, Snapshot snapshot, int expected_rc)
 {
-	log_rewrite_allowed = true;
-}
+	volatile int rc = 0;
 
-/*
- * CqrsEndLogRewrite
- *		Withdraw that permission, whether or not it was used.  Call after
- *		the statement, also when it raised an error.
- */
-void
-CqrsEndLogRewrite(void)
-{
-	log_rewrite_allowed = false;
+	log_rewrite_allowed = true;
+	PG_TRY();
+	{
+		if (snapshot != NULL)
+			rc = SPI_execute_snapshot(plan, values, NULL, snapshot, InvalidSnapshot,
+									  false, true, 0);
+		else
+			rc = SPI_execute_plan(plan, values, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		log_rewrite_allowed = false;
+	}
+	PG_END_TRY();
+	if (rc != expected_rc)
+		elog(ERROR, "pg_cqrs: rewriting the event log failed: %s",
+			 SPI_result_code_string(rc));
+	return SPI_processed;
 }
 
 /*

@@ -21,7 +21,7 @@
  *		would for a SELECT;
  *	 4. runs its one DELETE or UPDATE AS THE CALLER through SPI, prepared,
  *		fully qualified and with search_path = pg_catalog, pg_temp, between
- *		CqrsAllowLogRewrite() and CqrsEndLogRewrite(): table privileges and
+ *		guard.c's one-shot permission (CqrsExecuteLogRewrite): table privileges and
  *		row-level security apply to it as to any DELETE or UPDATE.  Then it
  *		checks that nothing in the range is left (policies may hide rows
  *		from the caller): if anything is, it fails, so a stream is never
@@ -82,6 +82,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
@@ -254,22 +255,7 @@ append_system_event(LockedStream *ls, const char *type, Jsonb *data)
 static uint64
 execute_rewrite(SPIPlanPtr plan, Datum *values, int expected_rc)
 {
-	volatile int rc = 0;
-
-	CqrsAllowLogRewrite();
-	PG_TRY();
-	{
-		rc = SPI_execute_plan(plan, values, NULL, false, 0);
-	}
-	PG_FINALLY();
-	{
-		CqrsEndLogRewrite();
-	}
-	PG_END_TRY();
-	if (rc != expected_rc)
-		elog(ERROR, "pg_cqrs: rewriting the event log failed: %s",
-			 SPI_result_code_string(rc));
-	return SPI_processed;
+	return CqrsExecuteLogRewrite(plan, values, NULL, expected_rc);
 }
 
 /*
@@ -291,6 +277,8 @@ count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metada
 	TupleTableSlot *slot;
 	Snapshot	snapshot;
 	int64		left = 0;
+	MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "pg_cqrs count_left",
+												  ALLOCSET_SMALL_SIZES);
 
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -321,8 +309,13 @@ count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metada
 		jb = DatumGetJsonbP(slot_getattr(slot, Anum_events_data, &isnull));
 		if (redact != NULL)
 		{
+			/* what redaction allocates per event goes with the event */
+			MemoryContext old = MemoryContextSwitchTo(row_cxt);
+
 			if (CqrsRedact(jb, redact, marker) != jb)
 				left++;
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(row_cxt);
 			continue;
 		}
 		if (VARSIZE(jb) != VARSIZE(marker) || memcmp(jb, marker, VARSIZE(marker)) != 0)
@@ -340,6 +333,7 @@ count_left(LockedStream *ls, int64 lo, int64 hi, Jsonb *marker, bool keep_metada
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(index, NoLock);
 	UnregisterSnapshot(snapshot);
+	MemoryContextDelete(row_cxt);
 	return left;
 }
 

@@ -115,8 +115,8 @@ extern Jsonb *CqrsErasedMarker(void);
 /* guard.c */
 extern void CqrsAllowAppendInsert(void);
 extern void CqrsEndAppendInsert(void);
-extern void CqrsAllowLogRewrite(void);
-extern void CqrsEndLogRewrite(void);
+extern uint64 CqrsExecuteLogRewrite(SPIPlanPtr plan, Datum *values, Snapshot snapshot,
+									int expected_rc);
 
 /* wakeup.c */
 extern void CqrsWakeupShmemRequest(void);

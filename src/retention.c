@@ -525,26 +525,10 @@ delete_victims(Datum positions, Snapshot snapshot)
 		"                 AND h.version OPERATOR(pg_catalog.>) d.version)";
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		values[1] = {positions};
-	SPIPlanPtr	plan;
-	volatile int rc = 0;
+	SPIPlanPtr	plan = prepare(sql, 1, argtypes);
 	int64		removed;
 
-	plan = prepare(sql, 1, argtypes);
-
-	PG_TRY();
-	{
-		CqrsAllowLogRewrite();
-		rc = SPI_execute_snapshot(plan, values, NULL, snapshot, InvalidSnapshot,
-								  false, true, 0);
-	}
-	PG_FINALLY();
-	{
-		CqrsEndLogRewrite();
-	}
-	PG_END_TRY();
-	if (rc != SPI_OK_DELETE)
-		elog(ERROR, "pg_cqrs: retention delete failed: %s", SPI_result_code_string(rc));
-	removed = (int64) SPI_processed;
+	removed = (int64) CqrsExecuteLogRewrite(plan, values, snapshot, SPI_OK_DELETE);
 	SPI_freeplan(plan);
 	return removed;
 }
