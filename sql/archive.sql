@@ -11,6 +11,9 @@
 --
 CREATE EXTENSION pg_cqrs;
 ALTER SYSTEM SET cqrs.retention_naptime = 0;
+-- batches of 2 events: the first call below runs several batches in one
+-- transaction, the first of which makes the month's partition
+ALTER SYSTEM SET cqrs.retention_batch_size = 2;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 
@@ -174,4 +177,5 @@ DROP FUNCTION masked(text);
 DROP ROLE archive_admin;
 DROP ROLE archive_reader;
 ALTER SYSTEM RESET cqrs.retention_naptime;
+ALTER SYSTEM RESET cqrs.retention_batch_size;
 SELECT pg_reload_conf();

@@ -20,7 +20,12 @@ COMMENT ON COLUMN cqrs.retention_rules.removed IS
 -- them with their rows, so the parent is not a configuration table.
 -- No unique constraint: a partitioned table's must include archived_at,
 -- which would prove nothing; each row left the log's unique indexes in the
--- statement that inserted it here.
+-- statement that inserted it here.  No index on the parent either: each
+-- partition gets its own two (archive.c).  A partitioned index would be
+-- made by CREATE EXTENSION on restore, so pg_dump's ATTACH PARTITION would
+-- clone it onto the partition under the very name of the partition's
+-- dumped index, whose CREATE INDEX then fails (and with it a
+-- --single-transaction restore).
 CREATE TABLE cqrs.events_archive (
     "position"  bigint      NOT NULL,
     stream      text        NOT NULL,
@@ -32,8 +37,6 @@ CREATE TABLE cqrs.events_archive (
     recorded_at timestamptz NOT NULL,
     archived_at timestamptz NOT NULL
 ) PARTITION BY RANGE (archived_at);
-CREATE INDEX events_archive_position_idx ON cqrs.events_archive ("position");
-CREATE INDEX events_archive_stream_version_idx ON cqrs.events_archive (stream, version);
 COMMENT ON TABLE cqrs.events_archive IS
     'pg_cqrs archive: events moved out of the log by archive rules, one partition per month';
 

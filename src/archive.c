@@ -209,12 +209,19 @@ create_partition(void)
 			 SPI_result_code_string(rc));
 
 	/*
-	 * A partition read directly is checked against its own privileges and
-	 * policies, not the parent's: keep it as closed as the parent, whatever
-	 * default privileges the owner has set for new tables.
+	 * Its indexes: by position (reading the archive in log order) and by
+	 * stream and version (what the lifecycle functions look for); per
+	 * partition, not on the parent (see the 0.8.0 update script: pg_dump
+	 * and partitioned indexes of an extension's table).  And a partition
+	 * read directly is checked against its own privileges and policies,
+	 * not the parent's: keep it as closed as the parent, whatever default
+	 * privileges the owner has set for new tables.
 	 */
-	rc = SPI_execute(psprintf("REVOKE ALL ON cqrs.%s FROM PUBLIC;"
+	rc = SPI_execute(psprintf("CREATE INDEX ON cqrs.%s (\"position\");"
+							  " CREATE INDEX ON cqrs.%s (stream, version);"
+							  " REVOKE ALL ON cqrs.%s FROM PUBLIC;"
 							  " ALTER TABLE cqrs.%s ENABLE ROW LEVEL SECURITY",
+							  quote_identifier(name), quote_identifier(name),
 							  quote_identifier(name), quote_identifier(name)), false, 0);
 	if (rc != SPI_OK_UTILITY)
 		elog(ERROR, "pg_cqrs: closing the archive's partition failed: %s",
