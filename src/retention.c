@@ -69,7 +69,14 @@
  * the caller, all three refuse (see check_may_remove).  The worker runs its
  * passes as the log's owner: rules are the installation's policy, and
  * only a role that may DELETE from the log can set one.  Each batch that
- * removes something writes one audit row (operation 'retention').
+ * removes something writes one audit row (operation 'retention', or
+ * 'archive' for an archive rule).
+ *
+ * Archive rules (0.8.0).  A rule with archive = true moves the events its
+ * batch chose into cqrs.events_archive instead of deleting them, under
+ * the same head condition, in one statement (archive.c); everything above
+ * — scans, bound, locking, cursors — is the same, and changing only the
+ * flag keeps the rule's place.
  *
  * Size.  The two scans, the batch that runs them under the rule's row
  * lock, the three SQL functions and the worker's turn share the rule's

@@ -37,19 +37,7 @@ my $to_remove = $streams * ($per_stream - 2);
 my $node = cqrs_node('retention',
 	'cqrs.retention_batch_size = 200',
 	'cqrs.retention_naptime = 200ms');
-$node->safe_psql('postgres', q{
-CREATE EXTENSION pg_cqrs;
-CREATE TABLE staging (n bigint PRIMARY KEY, stream text, type text, data jsonb);
-});
-$node->safe_psql('postgres', qq{
-INSERT INTO staging
-SELECT g, 'acct-' || (g % $streams), 'Deposited', jsonb_build_object('g', g)
-  FROM generate_series(1, $total) g;
-INSERT INTO staging
-SELECT $total + g, 'other-' || (g % 100), 'Noted', jsonb_build_object('g', g)
-  FROM generate_series(1, 2000) g;
-SELECT cqrs.import_events(stream, type, data, NULL, NULL ORDER BY n) FROM staging;
-});
+cqrs_import_accounts($node, $streams, $per_stream, 2000);
 is($node->safe_psql('postgres', 'SELECT count(*) FROM cqrs.events'),
 	$total + 2000, 'the log holds every imported event');
 

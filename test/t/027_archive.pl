@@ -50,20 +50,8 @@ my $node = cqrs_node('archive',
 	'restart_after_crash = on',
 	'cqrs.retention_batch_size = 200',
 	'cqrs.retention_naptime = 0');
-$node->safe_psql('postgres', q{
-CREATE EXTENSION pg_cqrs;
-CREATE TABLE staging (n bigint PRIMARY KEY, stream text, type text, data jsonb);
-});
-$node->safe_psql('postgres', qq{
-INSERT INTO staging
-SELECT g, 'acct-' || (g % $streams), 'Deposited', jsonb_build_object('g', g)
-  FROM generate_series(1, $total) g;
-INSERT INTO staging
-SELECT $total + g, 'other-' || (g % 100), 'Noted', jsonb_build_object('g', g)
-  FROM generate_series(1, $others) g;
-SELECT cqrs.import_events(stream, type, data, NULL, NULL ORDER BY n) FROM staging;
-CREATE TABLE original AS SELECT * FROM cqrs.events;
-});
+cqrs_import_accounts($node, $streams, $per_stream, $others);
+$node->safe_psql('postgres', 'CREATE TABLE original AS SELECT * FROM cqrs.events');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM original'),
 	$total + $others, 'the log holds every imported event');
 

@@ -10,7 +10,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(cqrs_node cqrs_counting_projections);
+our @EXPORT = qw(cqrs_node cqrs_counting_projections cqrs_import_accounts);
 
 sub cqrs_node
 {
@@ -50,6 +50,31 @@ CREATE FUNCTION dcount_handler(e cqrs.events) RETURNS void LANGUAGE sql AS $$
   ON CONFLICT (stream) DO UPDATE SET n = dcounts.n + 1 $$;
 SELECT cqrs.create_projection('sync_counts', 'count_handler', 'sync', '{counts}');
 SELECT cqrs.create_projection('deferred_counts', 'dcount_handler', 'deferred', '{dcounts}');
+});
+	return;
+}
+
+# cqrs_import_accounts($node, $streams, $per_stream, $others) creates the
+# extension and imports, with cqrs.import_events, $per_stream "Deposited"
+# events into each of $streams streams acct-0 ... (interleaved), then
+# $others "Noted" events into 100 streams other-0 ...: the log the
+# retention and archive tests take events out of.
+sub cqrs_import_accounts
+{
+	my ($node, $streams, $per_stream, $others) = @_;
+	my $total = $streams * $per_stream;
+	$node->safe_psql('postgres', q{
+CREATE EXTENSION pg_cqrs;
+CREATE TABLE staging (n bigint PRIMARY KEY, stream text, type text, data jsonb);
+});
+	$node->safe_psql('postgres', qq{
+INSERT INTO staging
+SELECT g, 'acct-' || (g % $streams), 'Deposited', jsonb_build_object('g', g)
+  FROM generate_series(1, $total) g;
+INSERT INTO staging
+SELECT $total + g, 'other-' || (g % 100), 'Noted', jsonb_build_object('g', g)
+  FROM generate_series(1, $others) g;
+SELECT cqrs.import_events(stream, type, data, NULL, NULL ORDER BY n) FROM staging;
 });
 	return;
 }
